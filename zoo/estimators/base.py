@@ -1,0 +1,136 @@
+"""The estimator interface: E_{z∼q}[f(z)] → a differentiable surrogate.
+
+An `Estimator` takes a structure q and a cost function f and returns an
+`Estimate`: the cost to report, and a surrogate whose gradient is the
+estimator's estimate of ∇ E_q[f(z)] (with respect to θ and to the cost's own
+parameters). ``Estimate.objective`` joins the two: its value is the cost and
+its gradient the estimate, which is what a model adds to its loss and what
+lets estimators nest (the cost of an outer latent can be an inner objective).
+
+Estimators use only the `Structure` interface (`sample`, `log_prob`,
+`marginals`, `argmax`, `rsample`, `rsample_with_hard`, `perturb_noise`,
+`enumerate_support`, `with_potentials`), so each one works unchanged on
+factorized variables, chains and trees. They are vectorized over the S
+samples: ``cost_fn`` is called once, on z of shape ``(S, *batch, *event)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from zoo.structures import Structure
+
+__all__ = ["CostFn", "Estimate", "Estimator", "TemperedEstimator"]
+
+CostFn = Callable[[Tensor], Tensor]
+"""f: z ``(S, *batch, *event)`` → per-sample costs ``(S, *batch)``."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What an estimator returns.
+
+    Attributes:
+        z: ``(S, *batch, *event)``, what ``cost_fn`` was evaluated on.
+        cost: ``(*batch)``, the detached mean of the cost over the samples: report this.
+        surrogate: ``(*batch)``, backpropagate this: its gradient is the estimate,
+            its value means nothing.
+        stats: detached scalars for logging (temperature, baseline, cost variance, ...).
+    """
+
+    z: Tensor
+    cost: Tensor
+    surrogate: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def objective(self) -> Tensor:
+        """``(*batch)``: value = cost, gradient = the estimate."""
+        return self.cost + self.surrogate - self.surrogate.detach()
+
+
+class Estimator(nn.Module):
+    """Estimates ∇ E_{z∼q}[f(z)] for a structure q.
+
+    Args:
+        num_samples: S, the number of samples per batch element (≥ 1).
+
+    Raises:
+        ValueError: num_samples < 1.
+    """
+
+    def __init__(self, num_samples: int = 1) -> None:
+        super().__init__()
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
+        self.num_samples = num_samples
+
+    def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
+        """Evaluate ``cost_fn`` on samples of ``q`` and build the surrogate."""
+        raise NotImplementedError
+
+    def evaluate(self, cost_fn: CostFn, z: Tensor, q: Structure) -> Tensor:
+        """``cost_fn(z)``, checked to be ``(S, *batch)``."""
+        cost = cost_fn(z)
+        expected = z.shape[: z.dim() - q.event_dim]
+        if not isinstance(cost, Tensor) or cost.shape != expected:
+            got = tuple(cost.shape) if isinstance(cost, Tensor) else type(cost).__name__
+            raise ValueError(
+                f"{type(self).__name__}: cost_fn must map z of shape {tuple(z.shape)} to costs of "
+                f"shape {tuple(expected)} (samples, *batch), got {got}"
+            )
+        return cost
+
+    @staticmethod
+    def spread(cost: Tensor) -> dict[str, Tensor]:
+        """The variance of the cost over samples, averaged over the batch (S ≥ 2)."""
+        if cost.shape[0] < 2:
+            return {}
+        return {"cost_var": cost.detach().var(0).mean()}
+
+    def extra_repr(self) -> str:
+        return f"num_samples={self.num_samples}"
+
+
+class TemperedEstimator(Estimator):
+    """An estimator with a temperature τ > 0, kept in a buffer so it reaches checkpoints.
+
+    ``estimator.temperature`` reads and writes it as a plain float, which is
+    how an annealing callback sets it.
+
+    Args:
+        temperature: τ > 0.
+        num_samples: S ≥ 1.
+
+    Raises:
+        ValueError: τ ≤ 0 or not finite.
+    """
+
+    def __init__(self, temperature: float = 1.0, num_samples: int = 1) -> None:
+        super().__init__(num_samples)
+        self.register_buffer("_temperature", torch.tensor(self._check(temperature)))
+
+    @staticmethod
+    def _check(temperature: float) -> float:
+        t = float(temperature)
+        if not t > 0 or t == float("inf"):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        return t
+
+    @property
+    def temperature(self) -> float:
+        return float(self._temperature)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature.fill_(self._check(value))
+
+    def temperature_stats(self) -> dict[str, Tensor]:
+        return {"temperature": self._temperature.detach().clone()}
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}, {super().extra_repr()}"

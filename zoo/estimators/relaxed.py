@@ -1,0 +1,168 @@
+"""Pathwise estimators: relaxed, straight-through and perturb-and-MAP.
+
+All draw the structure's own perturbation noise G (Gumbel on every part;
+Logistic for `Bernoulli`) and need a cost that is differentiable in z.
+
+* `GumbelSoftmax`: z = marginals((θ + G)/τ), the Gumbel-Softmax / Concrete
+  relaxation (Jang et al. 2017; Maddison et al. 2017) for one-hot variables and
+  the stochastic softmax trick (Paulus et al. 2020) for chains and trees. Biased
+  for E_q[f]; unbiased for the relaxed objective E_G[f(z)].
+* `STGumbelSoftmax`: z = argmax(θ + G) forward, the gradient of the relaxed
+  sample drawn with the same G backward (Jang et al. 2017).
+* `StraightThrough`: z an exact sample forward, the gradient of the marginals
+  backward (Bengio et al. 2013).
+* `PerturbAndMAP`: z = argmax(θ + G) (Papandreou & Yuille 2011) with the
+  straight-through gradient of the relaxation, or implicit maximum-likelihood
+  estimation (I-MLE, Niepert et al. 2021).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from zoo.estimators.base import CostFn, Estimate, Estimator, TemperedEstimator
+from zoo.structures import Structure
+
+__all__ = ["GumbelSoftmax", "PerturbAndMAP", "STGumbelSoftmax", "StraightThrough"]
+
+
+def _straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """``hard`` in value, the gradient of ``soft``."""
+    return hard + soft - soft.detach()
+
+
+class _PathwiseEstimator(Estimator):
+    def _estimate(self, q: Structure, cost_fn: CostFn, z: Tensor, stats: dict) -> Estimate:
+        cost = self.evaluate(cost_fn, z, q)
+        return Estimate(
+            z=z,
+            cost=cost.detach().mean(0),
+            surrogate=cost.mean(0),
+            stats={**stats, **self.spread(cost)},
+        )
+
+
+class GumbelSoftmax(TemperedEstimator, _PathwiseEstimator):
+    """The relaxed estimator: f is evaluated at z = marginals((θ + G)/τ).
+
+    In training mode the cost sees relaxed z. In eval mode (``module.eval()``)
+    it sees exact discrete samples instead, so validation and test report the
+    discrete model; no gradient reaches θ there.
+
+    Args:
+        temperature: τ > 0; τ → 0 recovers discrete samples, with growing variance.
+        num_samples: S ≥ 1.
+
+    Example:
+        >>> from zoo.structures import Categorical
+        >>> theta = torch.zeros(4, 2, 3, requires_grad=True)
+        >>> est = GumbelSoftmax(temperature=0.5)(Categorical(theta), lambda z: z[..., 0].sum(-1))
+        >>> est.objective.sum().backward(); theta.grad.shape
+        torch.Size([4, 2, 3])
+    """
+
+    def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
+        if self.training:
+            z = q.rsample(self.num_samples, self._temperature)
+        else:
+            z = q.sample(self.num_samples)
+        return self._estimate(q, cost_fn, z, self.temperature_stats())
+
+
+class STGumbelSoftmax(TemperedEstimator, _PathwiseEstimator):
+    """Straight-through Gumbel-Softmax: hard z = argmax(θ + G), relaxed gradient.
+
+    The forward z is the Gumbel-max sample (exact for categorical and
+    Bernoulli; perturb-and-MAP for structures whose `rsample_with_hard` gives no
+    exact hard sample); the backward pass differentiates the relaxed sample
+    marginals((θ + G)/τ) drawn with the same G.
+
+    Args:
+        temperature: τ > 0 of the relaxation used for the gradient.
+        num_samples: S ≥ 1.
+    """
+
+    def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
+        hard, soft = q.rsample_with_hard(self.num_samples, self._temperature)
+        return self._estimate(q, cost_fn, _straight_through(hard, soft), self.temperature_stats())
+
+
+class StraightThrough(_PathwiseEstimator):
+    """Plain straight-through (Bengio et al. 2013): exact sample, gradient of the marginals.
+
+    Args:
+        num_samples: S ≥ 1.
+    """
+
+    def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
+        hard = q.sample(self.num_samples)
+        return self._estimate(q, cost_fn, _straight_through(hard, q.marginals()), {})
+
+
+class _IMLE(torch.autograd.Function):
+    """I-MLE: z = MAP(θ + G) forward; (z - MAP(θ + G - λ ∂L/∂z)) / λ backward."""
+
+    @staticmethod
+    def forward(ctx: Any, perturbed: Tensor, q: Structure, lam: float) -> Tensor:
+        hard = q.with_potentials(perturbed.detach(), validate_args=False).argmax()
+        ctx.save_for_backward(perturbed, hard)
+        ctx.q, ctx.lam = q, lam
+        return hard
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        perturbed, hard = ctx.saved_tensors
+        target = perturbed.detach() - ctx.lam * grad
+        with torch.no_grad():
+            moved = ctx.q.with_potentials(target, validate_args=False).argmax()
+        return (hard - moved) / ctx.lam, None, None
+
+
+class PerturbAndMAP(TemperedEstimator, _PathwiseEstimator):
+    """Perturb-and-MAP: z = argmax(θ + G), with one of two gradients.
+
+    Args:
+        temperature: τ > 0 of the relaxation marginals((θ + G)/τ) whose gradient
+            ``gradient="st"`` passes straight through.
+        gradient: ``"st"``: straight-through the relaxation; ``"imle"``: implicit
+            MLE (Niepert et al. 2021), the difference of the MAP at θ + G and at
+            the target θ + G - λ ∂L/∂z, divided by λ. I-MLE needs only ``argmax``.
+        imle_lambda: λ > 0, the step towards the target distribution (I-MLE only).
+        num_samples: S ≥ 1.
+
+    Raises:
+        ValueError: an unknown ``gradient``, λ ≤ 0, τ ≤ 0.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        gradient: Literal["st", "imle"] = "st",
+        imle_lambda: float = 10.0,
+        num_samples: int = 1,
+    ) -> None:
+        super().__init__(temperature, num_samples)
+        if gradient not in ("st", "imle"):
+            raise ValueError(f"gradient must be 'st' or 'imle', got {gradient!r}")
+        if not float(imle_lambda) > 0:
+            raise ValueError(f"imle_lambda must be > 0, got {imle_lambda!r}")
+        self.gradient = gradient
+        self.imle_lambda = float(imle_lambda)
+
+    def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
+        perturbed = q.log_potentials + q.perturb_noise(self.num_samples)
+        if self.gradient == "imle":
+            z = _IMLE.apply(perturbed, q, self.imle_lambda)
+        else:
+            hard = q.with_potentials(perturbed.detach(), validate_args=False).argmax()
+            soft = q.with_potentials(perturbed / self._temperature, validate_args=False).marginals()
+            z = _straight_through(hard, soft)
+        return self._estimate(q, cost_fn, z, self.temperature_stats())
+
+    def extra_repr(self) -> str:
+        return (
+            f"gradient={self.gradient!r}, imle_lambda={self.imle_lambda:g}, {super().extra_repr()}"
+        )

@@ -1,0 +1,374 @@
+r"""The `Structure` base: an exponential family over 0/1 indicator tensors.
+
+A structure is a distribution over discrete objects z ∈ Z ⊆ {0, 1}^E, each
+written as an indicator tensor over *parts* (one-hot cells, chain transitions,
+arcs, spans), scored by log-potentials θ of the same shape:
+
+    q(z) = exp(⟨θ, z⟩ - A(θ)),    A(θ) = log Σ_{z ∈ Z} exp⟨θ, z⟩.
+
+Everything exact follows from two oracles, the log-partition A(θ) and the MAP
+argmax_z ⟨θ, z⟩:
+
+* marginals μ = E_q[z] = ∂A/∂θ (by autograd unless a subclass does better),
+* log q(z) = ⟨θ, z⟩ - A(θ),
+* entropy H(q) = A(θ) - ⟨θ, μ⟩,
+* KL(p ‖ q) = A(θ_q) - A(θ_p) - ⟨μ_p, θ_q - θ_p⟩ (registered with `register_kl`).
+
+A subclass sets `event_dim`, writes `log_partition` and `argmax` (and, where it
+can, an exact `sample` and `enumerate_support`), and gets the rest. Every
+method accepts any number of leading batch dimensions, which is how the
+estimators vectorize over samples: S perturbed copies of θ are one structure
+of batch shape (S, *batch).
+
+Parts may carry θ = -inf (a forbidden part); every formula here treats
+``0 · (-inf)`` as 0, so forbidden parts never produce NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints, register_kl
+
+from zoo.structures.noise import gumbel_noise
+
+__all__ = ["Structure", "sequence_mask"]
+
+
+def sequence_mask(lengths: Tensor, size: int) -> Tensor:
+    """Boolean mask ``(*lengths.shape, size)``: True at positions ``< lengths``."""
+    return torch.arange(size, device=lengths.device) < lengths.unsqueeze(-1)
+
+
+def _at_most_zero(x: Tensor) -> Tensor:
+    """min(x, 0) in value, the identity in gradient.
+
+    log q(z) ≤ 0 holds exactly, but ``score - A`` of two numbers of magnitude
+    1e6 rounds to small positive values in float32; this removes the rounding
+    without cutting the gradient (a clamp would zero it).
+    """
+    return x - x.detach().clamp(min=0)
+
+
+def _at_least_zero(x: Tensor) -> Tensor:
+    """max(x, 0) in value, the identity in gradient (entropies and KLs)."""
+    return x - x.detach().clamp(max=0)
+
+
+def _as_size(sample_shape: int | Sequence[int] | torch.Size) -> torch.Size:
+    if isinstance(sample_shape, int):
+        return torch.Size((sample_shape,))
+    return torch.Size(sample_shape)
+
+
+class Structure(Distribution):
+    """A distribution q(z) ∝ exp⟨θ, z⟩ over 0/1 indicator tensors z.
+
+    Args:
+        log_potentials: θ, shape ``(*batch_shape, *event_shape)``; the last
+            `event_dim` dimensions are one event. ``-inf`` forbids a part.
+        lengths: optional ``(*batch_shape)`` integer sizes (1 ≤ length ≤ N) for
+            padded batches; parts beyond a length are 0 in every z, marginal
+            and gradient.
+        validate_args: check θ for NaN and lengths for range (default: torch's
+            global `Distribution` setting, on unless ``python -O``).
+
+    Raises:
+        ValueError: θ of the wrong rank or shape, NaN in θ, lengths of the wrong
+            dtype, shape or range. The message names the value.
+    """
+
+    event_dim: ClassVar[int] = 1
+    """How many trailing dimensions of θ form one event."""
+
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
+    support = constraints.boolean
+    has_rsample = True
+    has_enumerate_support = True
+
+    def __init__(
+        self,
+        log_potentials: Tensor,
+        lengths: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        name = type(self).__name__
+        if not isinstance(log_potentials, Tensor) or not log_potentials.is_floating_point():
+            raise ValueError(
+                f"{name}: log_potentials must be a floating-point tensor, "
+                f"got {type(log_potentials).__name__}"
+                + (
+                    f" of dtype {log_potentials.dtype}"
+                    if isinstance(log_potentials, Tensor)
+                    else ""
+                )
+            )
+        if log_potentials.dim() < self.event_dim:
+            raise ValueError(
+                f"{name}: log_potentials must have at least {self.event_dim} dimensions "
+                f"{self._event_layout()}, got shape {tuple(log_potentials.shape)}"
+            )
+        event_shape = log_potentials.shape[log_potentials.dim() - self.event_dim :]
+        batch_shape = log_potentials.shape[: log_potentials.dim() - self.event_dim]
+        self._check_event_shape(event_shape)
+        validate = Distribution._validate_args if validate_args is None else validate_args
+        if validate and bool(torch.isnan(log_potentials).any()):
+            bad = torch.isnan(log_potentials).nonzero()[0].tolist()
+            raise ValueError(
+                f"{name}: log_potentials of shape {tuple(log_potentials.shape)} contain NaN "
+                f"(first at index {tuple(bad)}); expected real numbers or -inf"
+            )
+        self.log_potentials = log_potentials
+        self.lengths = self._check_lengths(lengths, batch_shape, validate)
+        super().__init__(batch_shape, event_shape, validate_args=False)
+        self._validate_args = validate
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def _event_layout(cls) -> str:
+        """A few words on the event layout, for error messages."""
+        return ""
+
+    def _check_event_shape(self, event_shape: torch.Size) -> None:
+        """Raise ValueError if the trailing dimensions cannot be an event."""
+
+    @property
+    def max_length(self) -> int:
+        """N, the size that `lengths` counts in (positions, words, variables)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support lengths")
+
+    def _check_lengths(
+        self, lengths: Tensor | None, batch_shape: torch.Size, validate: bool
+    ) -> Tensor | None:
+        if lengths is None:
+            return None
+        name = type(self).__name__
+        lengths = torch.as_tensor(lengths, device=self.log_potentials.device)
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise ValueError(
+                f"{name}: lengths must be an integer tensor, got dtype {lengths.dtype}"
+            )
+        try:
+            lengths = lengths.expand(batch_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{name}: lengths of shape {tuple(lengths.shape)} do not match the batch shape "
+                f"{tuple(batch_shape)} of log_potentials {tuple(self.log_potentials.shape)}"
+            ) from None
+        if validate and lengths.numel() > 0:
+            low, high, n = int(lengths.min()), int(lengths.max()), self.max_length
+            if low < 1 or high > n:
+                raise ValueError(
+                    f"{name}: lengths must lie in [1, {n}], got values from {low} to {high}"
+                )
+        return lengths
+
+    def _extra_args(self) -> dict[str, Any]:
+        """Constructor arguments beyond θ and lengths (flags such as multiroot)."""
+        return {}
+
+    def with_potentials(self, theta: Tensor, validate_args: bool | None = None) -> Structure:
+        """The same kind of structure (same lengths and flags) with new potentials θ.
+
+        θ may carry extra leading batch dimensions, e.g. ``(S, *batch, *event)``
+        for S perturbed copies; the lengths broadcast to them.
+        """
+        lengths = None
+        if self.lengths is not None:
+            lengths = self.lengths.expand(theta.shape[: theta.dim() - self.event_dim])
+        return type(self)(theta, lengths=lengths, validate_args=validate_args, **self._extra_args())
+
+    def _internal(self, theta: Tensor) -> Structure:
+        # Structures built from already validated θ (perturbed copies) skip the
+        # NaN check: it costs a device synchronisation per call.
+        return self.with_potentials(theta, validate_args=False)
+
+    def expand(self, batch_shape: Sequence[int], _instance: Any = None) -> Structure:
+        batch_shape = torch.Size(batch_shape)
+        return self.with_potentials(self.log_potentials.expand(batch_shape + self.event_shape))
+
+    def _flat(self) -> tuple[Tensor, Tensor | None]:
+        """θ as ``(B, *event)`` and lengths as ``(B,)``, B the product of the batch shape."""
+        theta = self.log_potentials.reshape(-1, *self.event_shape)
+        lengths = None if self.lengths is None else self.lengths.reshape(-1)
+        return theta, lengths
+
+    def _unflat(self, x: Tensor) -> Tensor:
+        """Undo `_flat` on the leading dimension of ``x``: ``(B, ...)`` → ``(*batch, ...)``."""
+        return x.reshape(*self.batch_shape, *x.shape[1:])
+
+    # ---------------------------------------------------------- exact oracles
+    def log_partition(self) -> Tensor:
+        """A(θ) = log Σ_z exp⟨θ, z⟩, shape ``(*batch)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement log_partition()")
+
+    def argmax(self) -> Tensor:
+        """The MAP structure argmax_z ⟨θ, z⟩ as an indicator tensor ``(*batch, *event)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement argmax()")
+
+    def marginals(self) -> Tensor:
+        """μ = E_q[z] = ∂A/∂θ, shape ``(*batch, *event)``.
+
+        Differentiable in θ when gradients are on (computed with
+        ``create_graph=True``), so a relaxed sample (the marginals of perturbed,
+        tempered potentials) carries the gradient of the relaxation. Works under
+        ``torch.no_grad`` and ``torch.inference_mode`` too.
+        """
+        theta = self.log_potentials
+        if torch.is_grad_enabled() and theta.requires_grad:
+            (mu,) = torch.autograd.grad(
+                self.log_partition().sum(), theta, create_graph=True, allow_unused=True
+            )
+            return torch.zeros_like(theta) if mu is None else mu
+        # No graph wanted: differentiate a detached copy. Inference tensors
+        # cannot enter autograd, so leave inference mode and clone first.
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = theta.detach().clone().requires_grad_(True)
+            (mu,) = torch.autograd.grad(
+                self._internal(leaf).log_partition().sum(), leaf, allow_unused=True
+            )
+        return torch.zeros_like(theta) if mu is None else mu.detach()
+
+    def score(self, value: Tensor) -> Tensor:
+        """⟨θ, z⟩ summed over the parts: ``(*sample, *batch, *event)`` → ``(*sample, *batch)``.
+
+        ``z`` may be relaxed (fractional); a part with z = 0 contributes 0 even where θ = -inf.
+        """
+        self._check_value(value)
+        theta = torch.where(value != 0, self.log_potentials, 0.0)
+        dims = tuple(range(-self.event_dim, 0))
+        return (theta * value).sum(dims)
+
+    def _check_value(self, value: Tensor) -> None:
+        if value.shape[value.dim() - self.event_dim :] != self.event_shape:
+            raise ValueError(
+                f"{type(self).__name__}: value of shape {tuple(value.shape)} does not end with "
+                f"the event shape {tuple(self.event_shape)}"
+            )
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """log q(z) = ⟨θ, z⟩ - A(θ): ``(*sample, *batch, *event)`` → ``(*sample, *batch)``."""
+        return _at_most_zero(self.score(value) - self.log_partition())
+
+    def entropy(self) -> Tensor:
+        """H(q) = A(θ) - ⟨θ, μ⟩, shape ``(*batch)``."""
+        return _at_least_zero(self.log_partition() - self.score(self.marginals()))
+
+    @property
+    def mean(self) -> Tensor:
+        return self.marginals()
+
+    @property
+    def mode(self) -> Tensor:
+        return self.argmax()
+
+    # -------------------------------------------------------------- sampling
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        """Every z in the support, ``(|Z|, *batch, *event)``; small spaces only.
+
+        Batch elements must share one support (equal lengths).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot enumerate its support")
+
+    def _equal_lengths(self) -> int | None:
+        """The common length of the batch (None without lengths); ValueError if they differ."""
+        if self.lengths is None:
+            return None
+        if self.lengths.numel() == 0:
+            return self.max_length
+        low, high = int(self.lengths.min()), int(self.lengths.max())
+        if low != high:
+            raise ValueError(
+                f"{type(self).__name__}.enumerate_support needs equal lengths across the batch, "
+                f"got values from {low} to {high}; enumerate one batch element at a time"
+            )
+        return low
+
+    @torch.no_grad()
+    def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
+        """Exact samples, ``(*sample_shape, *batch, *event)``; never differentiable.
+
+        The generic fallback draws from the enumerated support (exact, small
+        spaces only); structures override it with their own exact sampler.
+        """
+        shape = _as_size(sample_shape)
+        support = self.enumerate_support()  # (|Z|, *batch, *event)
+        probs = self.log_prob(support).exp().reshape(support.shape[0], -1)  # (|Z|, B)
+        index = torch.multinomial(probs.T, max(math.prod(shape), 1), replacement=True)  # (B, S)
+        flat = support.reshape(support.shape[0], probs.shape[1], -1)  # (|Z|, B, E)
+        batch = torch.arange(probs.shape[1], device=index.device)
+        z = flat[index.T, batch]  # (S, B, E)
+        return z.reshape(*shape, *self.batch_shape, *self.event_shape)
+
+    def perturb_noise(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
+        """The structure's perturbation noise G, ``(*sample_shape, *batch, *event)``.
+
+        I.i.d. Gumbel(0, 1) on every part; structures whose parts encode only
+        one side of a choice (Bernoulli) override it.
+        """
+        shape = _as_size(sample_shape) + self.log_potentials.shape
+        theta = self.log_potentials
+        return gumbel_noise(shape, dtype=theta.dtype, device=theta.device)
+
+    def rsample_with_hard(
+        self,
+        sample_shape: int | Sequence[int] | torch.Size = (),
+        temperature: float | Tensor = 1.0,
+    ) -> tuple[Tensor, Tensor]:
+        """A hard and a relaxed sample drawn with the same noise G.
+
+        Returns:
+            ``(hard, soft)``, each ``(*sample_shape, *batch, *event)``:
+            ``hard = argmax(θ + G)`` (not differentiable) and
+            ``soft = marginals((θ + G) / τ)`` (differentiable in θ). For one-hot
+            and Bernoulli structures ``hard`` is an exact sample and ``soft`` the
+            Gumbel-Softmax (Concrete) relaxation; for chains and trees ``soft`` is
+            the stochastic softmax trick of Paulus et al. (2020).
+        """
+        perturbed = self.log_potentials + self.perturb_noise(sample_shape)
+        hard = self._internal(perturbed.detach()).argmax()
+        soft = self._internal(perturbed / temperature).marginals()
+        return hard, soft
+
+    def rsample(
+        self,
+        sample_shape: int | Sequence[int] | torch.Size = (),
+        temperature: float | Tensor = 1.0,
+    ) -> Tensor:
+        """A relaxed, reparameterized sample ``marginals((θ + G) / τ)``."""
+        perturbed = self.log_potentials + self.perturb_noise(sample_shape)
+        return self._internal(perturbed / temperature).marginals()
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self._extra_args().items())
+        lengths = "" if self.lengths is None else ", lengths=..."
+        return (
+            f"{type(self).__name__}(batch_shape={tuple(self.batch_shape)}, "
+            f"event_shape={tuple(self.event_shape)}{lengths}{extra})"
+        )
+
+
+@register_kl(Structure, Structure)
+def _kl_structure(p: Structure, q: Structure) -> Tensor:
+    """KL(p ‖ q) of two structures of one kind, from log-partitions and marginals."""
+    if type(p) is not type(q) or p._extra_args() != q._extra_args():
+        raise NotImplementedError(
+            f"KL is defined between structures of one kind, got {p!r} and {q!r}"
+        )
+    if p.event_shape != q.event_shape:
+        raise ValueError(
+            f"KL: event shapes differ: {tuple(p.event_shape)} and {tuple(q.event_shape)}"
+        )
+    if (p.lengths is None) != (q.lengths is None) or (
+        p.lengths is not None and not torch.equal(p.lengths, q.lengths)
+    ):
+        raise ValueError("KL: both structures must have the same lengths")
+    mu = p.marginals()
+    diff = torch.where(mu != 0, p.log_potentials - q.log_potentials, 0.0)
+    dims = tuple(range(-p.event_dim, 0))
+    kl = (mu * diff).sum(dims) - p.log_partition() + q.log_partition()
+    return _at_least_zero(kl)
