@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from zoo.estimators.base import CostFn, Estimate, Estimator
 from zoo.structures import Structure
 
@@ -28,9 +30,11 @@ class Exact(Estimator):
         super().__init__(num_samples=1)
 
     def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
-        z = q.enumerate_support()  # (|Z|, *batch, *event)
+        # Padded rows (batch elements with smaller supports) get weight 0.
+        z, valid = q.enumerate_padded_support()  # (|Z|, *batch, *event), (|Z|, *batch)
         cost = self.evaluate(cost_fn, z, q)  # (|Z|, *batch)
-        expected = (q.log_prob(z).exp() * cost).sum(0)
+        weight = torch.where(valid, q.log_prob(z).exp(), 0.0)
+        expected = (weight * cost).sum(0)
         return Estimate(z=z, cost=expected.detach(), surrogate=expected)
 
     def extra_repr(self) -> str:

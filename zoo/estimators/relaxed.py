@@ -130,7 +130,9 @@ class PerturbAndMAP(TemperedEstimator, _PathwiseEstimator):
         gradient: ``"st"``: straight-through the relaxation; ``"imle"``: implicit
             MLE (Niepert et al. 2021), the difference of the MAP at θ + G and at
             the target θ + G - λ ∂L/∂z, divided by λ. I-MLE needs only ``argmax``.
-        imle_lambda: λ > 0, the step towards the target distribution (I-MLE only).
+        imle_lambda: λ > 0, the step towards the target distribution (I-MLE only), on
+            the scale of ∂f/∂z: as λ → 0 the estimate tends to the exact gradient for
+            costs linear in z, with growing variance.
         num_samples: S ≥ 1.
 
     Raises:
@@ -141,7 +143,7 @@ class PerturbAndMAP(TemperedEstimator, _PathwiseEstimator):
         self,
         temperature: float = 1.0,
         gradient: Literal["st", "imle"] = "st",
-        imle_lambda: float = 10.0,
+        imle_lambda: float = 1.0,
         num_samples: int = 1,
     ) -> None:
         super().__init__(temperature, num_samples)

@@ -191,6 +191,29 @@ class Structure(Distribution):
         batch_shape = torch.Size(batch_shape)
         return self.with_potentials(self.log_potentials.expand(batch_shape + self.event_shape))
 
+    def __getitem__(self, index: Any) -> Structure:
+        """Index the batch dimensions (never the event ones): ``q[0]``, ``q[1:3]``, ``q[mask]``."""
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > len(self.batch_shape) or any(i is Ellipsis or i is None for i in index):
+            raise ValueError(
+                f"{type(self).__name__}: index {index!r} must address only the "
+                f"{len(self.batch_shape)} batch dimensions (no Ellipsis or None)"
+            )
+        lengths = None if self.lengths is None else self.lengths[index]
+        return type(self)(
+            self.log_potentials[index], lengths=lengths, validate_args=False, **self._extra_args()
+        )
+
+    def reshape_batch(self, shape: Sequence[int]) -> Structure:
+        """The same structure with the batch dimensions reshaped (e.g. ``(-1,)`` to flatten)."""
+        theta = self.log_potentials.reshape(*shape, *self.event_shape)
+        lengths = (
+            None
+            if self.lengths is None
+            else self.lengths.reshape(theta.shape[: theta.dim() - self.event_dim])
+        )
+        return type(self)(theta, lengths=lengths, validate_args=False, **self._extra_args())
+
     def _flat(self) -> tuple[Tensor, Tensor | None]:
         """θ as ``(B, *event)`` and lengths as ``(B,)``, B the product of the batch shape."""
         theta = self.log_potentials.reshape(-1, *self.event_shape)
@@ -273,6 +296,43 @@ class Structure(Distribution):
         Batch elements must share one support (equal lengths).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot enumerate its support")
+
+    def enumerate_padded_support(self) -> tuple[Tensor, Tensor]:
+        """The support of every batch element, padded to one size when lengths differ.
+
+        Returns:
+            ``(support, valid)``: support ``(M, *batch, *event)`` with M the
+            largest support size in the batch, and ``valid`` ``(M, *batch)``
+            marking the rows that are real support elements. Padding rows
+            repeat a real element (so any cost is finite on them) and must be
+            given weight 0. Without lengths, or with equal ones, this is
+            `enumerate_support` with every row valid.
+        """
+        if (
+            self.lengths is None
+            or self.lengths.numel() == 0
+            or bool((self.lengths == self.lengths.reshape(-1)[0]).all())
+        ):
+            support = self.enumerate_support()
+            return support, support.new_ones(
+                support.shape[: 1 + len(self.batch_shape)], dtype=torch.bool
+            )
+        flat = self.reshape_batch((-1,))
+        groups = []
+        for value in flat.lengths.unique():
+            index = (flat.lengths == value).nonzero().squeeze(1)
+            groups.append((index, flat[index].enumerate_support()))  # (Z_g, n_g, *event)
+        size = max(support.shape[0] for _, support in groups)
+        out = self.log_potentials.new_zeros(size, flat.batch_shape[0], *self.event_shape)
+        valid = torch.zeros(size, flat.batch_shape[0], dtype=torch.bool, device=out.device)
+        for index, support in groups:
+            out[:, index] = support[:1]
+            out[: support.shape[0], index] = support
+            valid[: support.shape[0], index] = True
+        return (
+            out.reshape(size, *self.batch_shape, *self.event_shape),
+            valid.reshape(size, *self.batch_shape),
+        )
 
     def _equal_lengths(self) -> int | None:
         """The common length of the batch (None without lengths); ValueError if they differ."""
