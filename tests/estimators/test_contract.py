@@ -74,9 +74,7 @@ ESTIMATORS = [
         "hard",
     ),
     EstimatorCase("reinforce", lambda q: Reinforce(), "unbiased"),
-    EstimatorCase(
-        "reinforce_ema", lambda q: Reinforce(2, MovingAverageBaseline(0.9)), "unbiased"
-    ),
+    EstimatorCase("reinforce_ema", lambda q: Reinforce(2, MovingAverageBaseline(0.9)), "unbiased"),
     EstimatorCase("reinforce_loo", lambda q: Reinforce(3, LeaveOneOutBaseline()), "unbiased"),
     EstimatorCase(
         "reinforce_learned", lambda q: Reinforce(1, LearnedBaseline(_parts(q), 16)), "unbiased"

@@ -153,7 +153,9 @@ def test_relaxed_samples_have_gradient(case: StructureCase) -> None:
     hard, soft = q.with_potentials(theta).rsample_with_hard(4, 0.5)
     assert not hard.requires_grad
     (soft * torch.randn_like(soft)).sum().backward()
-    assert theta.grad is not None and torch.isfinite(theta.grad).all() and theta.grad.abs().sum() > 0
+    assert (
+        theta.grad is not None and torch.isfinite(theta.grad).all() and theta.grad.abs().sum() > 0
+    )
 
 
 @CASES
