@@ -1,0 +1,212 @@
+"""Shared pieces of the datamodules: the data root, a batched dataset, a base class.
+
+The datasets here keep a whole split as one tensor and hand out whole batches at
+once (``__getitems__``), so a batch costs one indexing operation instead of
+``batch_size`` Python calls and a stack. Batches are dicts of float32 tensors:
+``{"x": (B, D)}``, or ``{"x": (B, D // 2), "y": (B, D - D // 2)}`` when the split
+is ``"halves"`` (the structured-output task of Tang & Salakhutdinov / Raiko et
+al.: predict the lower half of an image from its upper half).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+ENV_DATA_DIR = "ZOO_DATA_DIR"
+"""Environment variable that names the dataset root when ``data_dir`` is not given."""
+
+DEFAULT_DATA_DIR = "data"
+"""The dataset root when neither ``data_dir`` nor ``ZOO_DATA_DIR`` is given (relative to the cwd)."""
+
+Split = Literal["full", "halves"]
+SPLITS: tuple[str, ...] = ("full", "halves")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the dataset root.
+
+    Args:
+        data_dir: An explicit directory. When ``None`` (or empty), the environment
+            variable ``ZOO_DATA_DIR`` is used, and when that is unset or empty,
+            ``data/`` relative to the current working directory.
+
+    Returns:
+        The directory as a ``Path`` (``~`` expanded; it need not exist).
+    """
+    if data_dir is None or str(data_dir) == "":
+        data_dir = os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+    return Path(data_dir).expanduser()
+
+
+def describe_data_dir(data_dir: str | os.PathLike[str] | None) -> str:
+    """Say where the dataset root came from, for error messages."""
+    if data_dir is not None and str(data_dir) != "":
+        return f"from data_dir={str(data_dir)!r}"
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return f"from the environment variable {ENV_DATA_DIR}={env!r}"
+    return f"the default {DEFAULT_DATA_DIR + '/'!r} (data_dir= not given, {ENV_DATA_DIR} not set)"
+
+
+class BinaryImageDataset(Dataset):
+    """A split of binary (or to-be-binarized) vectors, held as one uint8 tensor.
+
+    Indexing with a list of indices (what ``DataLoader`` does through
+    ``__getitems__``) returns a whole batch dict at once; indexing with an int
+    returns one example (a dict of 1-D tensors).
+
+    Args:
+        data: ``(N, D)`` uint8 tensor. Values in {0, 1}, or grayscale intensities
+            in 0..255 when ``dynamic`` is true.
+        dynamic: If true, every access draws a fresh binarization
+            ``x ~ Bernoulli(data / 255)`` with torch's global RNG (in a worker
+            process, PyTorch seeds that RNG per worker from the loader's
+            generator, so runs are reproducible and workers differ).
+        split: ``"full"`` for ``{"x": all D}``; ``"halves"`` for
+            ``{"x": first D // 2, "y": the rest}``.
+    """
+
+    def __init__(self, data: Tensor, *, dynamic: bool = False, split: Split = "full") -> None:
+        if data.dtype != torch.uint8 or data.dim() != 2:
+            raise ValueError(
+                f"data must be a 2-D uint8 tensor (N, D), got dtype {data.dtype} "
+                f"and shape {tuple(data.shape)}"
+            )
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.data = data
+        self.dynamic = dynamic
+        self.split = split
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Number of pixels per example (D)."""
+        return self.data.shape[1]
+
+    def _format(self, rows: Tensor) -> dict[str, Tensor]:
+        if self.dynamic:
+            x = torch.bernoulli(rows.to(torch.float32).div_(255.0))
+        else:
+            x = rows.to(torch.float32)
+        if self.split == "halves":
+            half = x.shape[-1] // 2
+            return {"x": x[..., :half].contiguous(), "y": x[..., half:].contiguous()}
+        return {"x": x}
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self._format(self.data[index])
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
+        return self._format(self.data[torch.as_tensor(indices, dtype=torch.long)])
+
+
+def collate_batch(batch: Any) -> Any:
+    """Collate for ``BinaryImageDataset`` loaders.
+
+    A dict is already a batch (from ``__getitems__``) and passes through; a list
+    of examples (any other dataset) goes through ``default_collate``.
+    """
+    if isinstance(batch, dict):
+        return batch
+    return default_collate(batch)
+
+
+class ZooDataModule(L.LightningDataModule):
+    """Base of the binary-vector datamodules: loaders, the split option, dims.
+
+    Subclasses fill ``self.train_set``, ``self.val_set`` and ``self.test_set``
+    (``BinaryImageDataset``s) in ``setup`` and set ``self._dim`` (pixels per
+    example) in ``__init__``.
+
+    Args:
+        split: ``"full"`` (batch ``{"x": (B, D)}``) or ``"halves"`` (batch
+            ``{"x": (B, D // 2), "y": (B, D - D // 2)}``).
+        batch_size: Examples per batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        seed: Seeds the shuffling of the training set.
+    """
+
+    def __init__(
+        self,
+        split: Split = "full",
+        batch_size: int = 100,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        _check_int("batch_size", batch_size, minimum=1)
+        _check_int("num_workers", num_workers, minimum=0)
+        _check_int("seed", seed, minimum=None)
+        self.split = split
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self._dim = 0
+        self.train_set: BinaryImageDataset | None = None
+        self.val_set: BinaryImageDataset | None = None
+        self.test_set: BinaryImageDataset | None = None
+        self._shuffle_generator: torch.Generator | None = None
+
+    @property
+    def input_dim(self) -> int:
+        """Width of ``batch["x"]``: D, or D // 2 for ``split="halves"``."""
+        return self._dim // 2 if self.split == "halves" else self._dim
+
+    @property
+    def output_dim(self) -> int:
+        """Width of what a model predicts: D (reconstruct x), or D - D // 2 (``batch["y"]``)."""
+        return self._dim - self._dim // 2 if self.split == "halves" else self._dim
+
+    def _loader(self, dataset: BinaryImageDataset | None, stage: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.{stage}_dataloader() called before setup(); "
+                f"call prepare_data() and setup() first (a Trainer does this)"
+            )
+        generator = None
+        if shuffle:
+            # One generator for the life of the datamodule: reloading the loader
+            # continues the stream instead of replaying the first epoch's order.
+            if self._shuffle_generator is None:
+                self._shuffle_generator = torch.Generator().manual_seed(self.seed)
+            generator = self._shuffle_generator
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_batch,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "predict", shuffle=False)
+
+
+def _check_int(name: str, value: Any, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
