@@ -1,0 +1,518 @@
+r"""Linear-chain CRF: label sequences as indicator tensors over transitions.
+
+The set Z holds the label sequences y_0, …, y_{L-1} ∈ {0, …, C-1} of a chain
+of L positions, each written as the 0/1 indicator of the transitions it uses,
+in torch-struct's layout: z ∈ {0, 1}^{(N-1)×C×C} with
+
+    z[n, c', c] = 1  ⟺  y_{n+1} = c' and y_n = c        (n < L - 1),
+
+and θ of the same shape, θ[n, c', c] = φ(n, y_{n+1} = c', y_n = c). Unary
+(emission) scores are folded into the transitions, the first position's into
+θ[0] as in `torch_struct.LinearChain.hmm`. The distribution factorizes over
+the transitions:
+
+    q(y) ∝ Π_{n < L-1} exp θ[n, y_{n+1}, y_n],
+    A(θ) = log Σ_c α_{L-1}(c),   α_0 = 0,   α_{n+1}(c') = log Σ_c exp(α_n(c) + θ[n, c', c]).
+
+Everything is the O(N·C²) forward algorithm above (Rabiner 1989; Lafferty
+et al. 2001), written as a sequential loop over `unbind` slices, never
+torch-struct's O(N·C³) parallel scan (Rush 2020), which on CPU costs C times
+the work and memory:
+
+* `log_partition`: the forward recursion, with an explicit backward pass.
+  The gradient at transition n is q(y_{n+1} = c') · q(y_n = c | y_{n+1} = c'),
+  and the backward conditionals q(y_n = c | y_{n+1} = c') = exp(α_n(c) +
+  θ[n, c', c] - α_{n+1}(c')) come out of the stored α in one vectorized step,
+  so the backward sweep is one small mat-vec per position.
+* `marginals`: the same sweep, written with differentiable operations, so
+  relaxed samples carry gradients without double backward.
+* `argmax`: Viterbi with back-pointers.
+* `sample`: exact forward-filtering backward-sampling (FFBS; Carter & Kohn
+  1994; Frühwirth-Schnatter 1994), Gumbel-max at every backward step, all S
+  samples in one sweep of batch S·B.
+* `rsample_with_hard`: the Gumbel-CRF of Fu et al. (2020, "Latent Template
+  Induction with Gumbel-CRFs"): relaxed FFBS, whose hard path is an exact
+  sample and whose soft path replaces every Gumbel-max by a tempered softmax
+  (details in `LinearChainCRF`).
+* `entropy`: the chain rule H(y) = H(y_{L-1}) + Σ_n H(y_n | y_{n+1}), as
+  accurate as the conditionals; A(θ) - ⟨θ, μ⟩ cancels catastrophically at
+  large |θ| (with ties at |θ| ~ 1e4 in float32 it is off by hundreds).
+
+**Lengths.** With ``lengths`` (*batch) in [1, N], positions n ≥ L are
+padding: transitions n ≥ L - 1 are 0 in every z, marginal and gradient, and
+padded steps carry the forward state unchanged. A chain of length 1 has no
+transitions at all: its only z is the zero tensor, so q is a point mass with
+A(θ) = 0, zero marginals, zero entropy and log q(0) = 0. (torch-struct
+returns log C there: it counts the C labels of the lone position as separate
+outcomes although they share one z, which would make log q(0) = -log C for
+the only z there is. The first position's unary score lives in θ[0], a
+padded transition at L = 1, so there is nothing to sum over.) For L ≥ 2
+sequences and indicator tensors are in one-to-one correspondence and A(θ)
+equals torch-struct's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from zoo.structures.base import Structure, _as_size, _at_least_zero
+from zoo.structures.noise import gumbel_noise
+
+__all__ = ["LinearChainCRF"]
+
+Relaxation = Literal["marginals", "ffbs"]
+_RELAXATIONS = ("marginals", "ffbs")
+
+
+# --------------------------------------------------------------------------- kernels
+# All kernels take flat tensors: θ (B, M, C, C) with M = N - 1 transitions,
+# α (B, N, C), and ``pad`` (B, M) True at padded transitions (or None).
+
+
+def _pad_mask(lengths: Tensor | None, num_transitions: int) -> Tensor | None:
+    """``(B, M)`` True at transitions n ≥ length - 1, None without lengths."""
+    if lengths is None:
+        return None
+    steps = torch.arange(num_transitions, device=lengths.device)
+    return steps >= (lengths - 1).unsqueeze(-1)
+
+
+def _forward_alpha(theta: Tensor, pad: Tensor | None) -> Tensor:
+    """The forward recursion α ``(B, N, C)``; padded steps carry α unchanged."""
+    batch, _, size, _ = theta.shape
+    alpha = theta.new_zeros(batch, size)
+    out = [alpha]
+    steps = theta.unbind(1)  # never theta[:, n] in the loop: O(N²) backward (perf-baseline §2)
+    pads = pad.unsqueeze(-1).unbind(1) if pad is not None else (None,) * len(steps)
+    for step, padded in zip(steps, pads, strict=True):
+        nxt = torch.logsumexp(alpha.unsqueeze(-2) + step, dim=-1)
+        alpha = nxt if padded is None else torch.where(padded, alpha, nxt)
+        out.append(alpha)
+    return torch.stack(out, dim=1)
+
+
+def _log_conditionals(theta: Tensor, alpha: Tensor, pad: Tensor | None) -> Tensor:
+    """log q(y_n = c | y_{n+1} = c') = α_n(c) + θ[n, c', c] - α_{n+1}(c'), ``(B, M, C, C)``.
+
+    Unreachable states (α_{n+1}(c') = -inf) get -inf rows instead of NaN, and
+    padded transitions are -inf throughout (their conditionals are unused).
+    """
+    inplace = not torch.is_grad_enabled()
+    nxt = alpha[:, 1:]
+    # -inf - (-inf) is NaN; any finite stand-in gives the right -inf row.
+    nxt = nxt.masked_fill(nxt == -math.inf, 0.0).unsqueeze(-1)
+    log_w = theta + alpha[:, :-1].unsqueeze(-2)
+    log_w = log_w.sub_(nxt) if inplace else log_w - nxt
+    if pad is not None:
+        mask = pad[..., None, None]
+        log_w = (
+            log_w.masked_fill_(mask, -math.inf) if inplace else log_w.masked_fill(mask, -math.inf)
+        )
+    return log_w
+
+
+def _backward_sweep(
+    cond: Tensor, grad_last: Tensor, grad_alpha: Tensor | None, pad: Tensor | None
+) -> Tensor:
+    """Back-propagate through the forward recursion given the conditionals.
+
+    Args:
+        cond: q(y_n = c | y_{n+1} = c'), ``(B, M, C, C)``, 0 at padded transitions.
+        grad_last: ``(B, C)`` gradient with respect to α_{N-1}.
+        grad_alpha: optional ``(B, N, C)`` gradient with respect to every α_n
+            (its last row is ignored in favour of ``grad_last``).
+        pad: ``(B, M)`` padded transitions or None.
+
+    Returns:
+        ``(B, M, C)``: the total gradient with respect to α_{n+1} for every
+        transition n; the gradient of θ[n, c', c] is this times ``cond``.
+        With ``grad_last`` the posterior of the last position (and no
+        ``grad_alpha``), row n is the marginal q(y_{n+1} = c').
+    """
+    num = cond.shape[1]
+    acc = grad_last
+    accs: list[Tensor] = [acc] * num
+    conds = cond.unbind(1)
+    pads = pad.unsqueeze(-1).unbind(1) if pad is not None else (None,) * num
+    grads = grad_alpha.unbind(1) if grad_alpha is not None else None
+    for n in range(num - 1, -1, -1):
+        accs[n] = acc
+        back = torch.bmm(acc.unsqueeze(1), conds[n]).squeeze(1)
+        if pads[n] is not None:
+            back = torch.where(pads[n], acc, back)  # padded steps copy α_n to α_{n+1}
+        acc = back if grads is None else back + grads[n]
+    return torch.stack(accs, dim=1)
+
+
+def _transition_grad(cond: Tensor, accs: Tensor) -> Tensor:
+    """``accs[..., c'] · cond[..., c', c]``, in place when no graph is recorded."""
+    if torch.is_grad_enabled():
+        return accs.unsqueeze(-1) * cond
+    return cond.mul_(accs.unsqueeze(-1))
+
+
+class _ForwardFilter(torch.autograd.Function):
+    """α = forward recursion of θ, with the conditional-probability backward pass.
+
+    The backward pass is written with differentiable operations on θ and the
+    saved output α, so double backward works as well.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, theta: Tensor, pad: Tensor | None) -> Tensor:
+        alpha = _forward_alpha(theta, pad)
+        ctx.save_for_backward(theta, alpha, pad)
+        return alpha
+
+    @staticmethod
+    def backward(ctx: Any, grad_alpha: Tensor) -> tuple[Tensor, None]:
+        theta, alpha, pad = ctx.saved_tensors
+        cond = _log_conditionals(theta, alpha, pad)
+        cond = cond.exp_() if not torch.is_grad_enabled() else cond.exp()
+        accs = _backward_sweep(cond, grad_alpha[:, -1], grad_alpha, pad)
+        return _transition_grad(cond, accs), None
+
+
+def _filter(theta: Tensor, pad: Tensor | None) -> Tensor:
+    """α ``(B, N, C)``, recording a graph only where one is wanted."""
+    if torch.is_grad_enabled() and theta.requires_grad:
+        return _ForwardFilter.apply(theta, pad)
+    return _forward_alpha(theta, pad)
+
+
+def _indicators(states: Tensor, pad: Tensor | None, size: int, dtype: torch.dtype) -> Tensor:
+    """Label sequences ``(K, N)`` → transition indicators ``(K, N-1, C, C)``, padding 0."""
+    count, length = states.shape
+    index = (states[:, 1:] * size + states[:, :-1]).unsqueeze(-1)  # cell (c', c) of each step
+    z = torch.zeros(count, length - 1, size * size, dtype=dtype, device=states.device)
+    if pad is None:
+        z.scatter_(2, index, 1.0)
+    else:
+        z.scatter_(2, index, (~pad).unsqueeze(-1).to(dtype))
+    return z.view(count, length - 1, size, size)
+
+
+# --------------------------------------------------------------------------- structure
+class LinearChainCRF(Structure):
+    r"""A linear-chain CRF over label sequences, in torch-struct's transition layout.
+
+    ``z[..., n, c', c] = 1`` iff the sequence moves from label c at position n
+    to label c' at position n + 1 (one 1 per real transition), and θ has the
+    same layout (torch-struct's ``LinearChainCRF`` event format). Lengths count
+    positions; a length-1 chain has no transitions, so its only z is zero and
+    A(θ) = 0 (see the module docstring).
+
+    Two relaxations of a sample are available:
+
+    * ``relaxation="marginals"`` (default): `rsample` returns the marginals
+      of (θ + G)/τ with i.i.d. Gumbel G on every transition, the stochastic
+      softmax trick of Paulus et al. (2020) (the base-class relaxation).
+    * ``relaxation="ffbs"``: `rsample` returns the soft path of the Gumbel-CRF
+      (Fu et al. 2020), relaxed forward-filtering backward-sampling with
+      Gumbel noise G_n ∈ R^C on every position's label.
+
+    The Gumbel-CRF pair, drawn backwards from the last position with
+    log q(y_n = c | y_{n+1} = c') = α_n(c) + θ[n, c', c] - α_{n+1}(c'):
+
+    * hard: y_{L-1} = argmax(α_{L-1} + G_{L-1}), then
+      y_n = argmax_c(log q(y_n = c | y_{n+1}) + G_n(c)): Gumbel-max at every
+      step, an exact FFBS sample (the same draws as `sample` under one seed);
+    * soft: s_{L-1} = softmax((α_{L-1} + G_{L-1})/τ), and for every candidate
+      c' the relaxed row R_n[c', ·] = softmax((log q(y_n = · | y_{n+1} = c') +
+      G_n)/τ) with the same noise; the relaxed transitions are
+      ``soft[n, c', c] = s_{n+1}(c') R_n[c', c]`` and s_n = s_{n+1} R_n.
+
+    Fu et al. condition position n's relaxed label on the *hard* label at n + 1
+    (s_n = R_n[y_{n+1}]); conditioning on the relaxed one instead makes the
+    soft transitions the pairwise marginals of a Markov chain, i.e. a point of
+    the marginal polytope: nonnegative, mass 1 per real transition, the mass
+    entering each position equal to the mass leaving it, exactly 0 on
+    forbidden (-inf) transitions, and equal to the hard path as τ → 0 (as
+    Fu et al.'s). It costs O(S·B·N·C²), the size of the output.
+
+    `rsample_with_hard` always returns this pair, so straight-through Gumbel
+    uses an exact sample forward whatever ``relaxation`` says.
+
+    Args:
+        log_potentials: θ, ``(*batch, N-1, C, C)``, θ[n, c', c] = φ(n, y_{n+1}=c',
+            y_n=c); ``-inf`` forbids a transition.
+        lengths: optional ``(*batch)`` integer number of positions, in [1, N].
+        relaxation: what `rsample` returns: ``"marginals"`` or ``"ffbs"``.
+        validate_args: check θ for NaN and lengths for range.
+
+    Raises:
+        ValueError: θ not of shape ``(*batch, N-1, C, C)`` with square C×C
+            blocks and C ≥ 1, NaN in θ, lengths out of [1, N], an unknown
+            ``relaxation``.
+
+    Example:
+        >>> q = LinearChainCRF(torch.zeros(2, 3, 2, 2), lengths=torch.tensor([4, 2]))
+        >>> q.log_partition()  # 2^4 and 2^2 sequences
+        tensor([2.7726, 1.3863])
+        >>> q.sample(5).shape
+        torch.Size([5, 2, 3, 2, 2])
+    """
+
+    event_dim = 3
+
+    def __init__(
+        self,
+        log_potentials: Tensor,
+        lengths: Tensor | None = None,
+        relaxation: Relaxation = "marginals",
+        validate_args: bool | None = None,
+    ) -> None:
+        if relaxation not in _RELAXATIONS:
+            raise ValueError(
+                f"LinearChainCRF: relaxation must be one of {_RELAXATIONS}, got {relaxation!r}"
+            )
+        self.relaxation = relaxation
+        super().__init__(log_potentials, lengths=lengths, validate_args=validate_args)
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def _event_layout(cls) -> str:
+        return "(*batch, N-1, C, C)"
+
+    def _check_event_shape(self, event_shape: torch.Size) -> None:
+        _, size, size2 = event_shape
+        if size != size2 or size < 1:
+            raise ValueError(
+                f"LinearChainCRF: log_potentials must end with square transition blocks "
+                f"(*batch, N-1, C, C) with C ≥ 1, got event shape {tuple(event_shape)} "
+                f"({size}×{size2} blocks)"
+            )
+
+    @property
+    def max_length(self) -> int:
+        """N: the number of positions, one more than the number of transitions."""
+        return self.log_potentials.shape[-3] + 1
+
+    @property
+    def num_states(self) -> int:
+        """C, the number of labels."""
+        return self.log_potentials.shape[-1]
+
+    def _extra_args(self) -> dict[str, Any]:
+        return {"relaxation": self.relaxation}
+
+    def _flat(self) -> tuple[Tensor, Tensor | None]:
+        # An explicit batch size: reshape(-1, ...) is ambiguous when N - 1 = 0.
+        size = math.prod(self.batch_shape)
+        theta = self.log_potentials.reshape(size, *self.event_shape)
+        return theta, None if self.lengths is None else self.lengths.reshape(size)
+
+    def _unflat(self, x: Tensor) -> Tensor:
+        # torch.Size concatenation also works for an empty batch shape (x.reshape() does not).
+        return x.reshape(self.batch_shape + x.shape[1:])
+
+    def _setup(self) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Flat θ ``(B, M, C, C)``, the padding mask ``(B, M)`` and ``(B,)`` True at L = 1."""
+        theta, lengths = self._flat()
+        num = theta.shape[1]
+        if lengths is None:
+            single = torch.full((theta.shape[0],), num == 0, device=theta.device)
+        else:
+            single = lengths == 1
+        return theta, _pad_mask(lengths, num), single
+
+    # ---------------------------------------------------------- exact oracles
+    def log_partition(self) -> Tensor:
+        theta, pad, single = self._setup()
+        alpha = _filter(theta, pad)  # N = 1 (no transitions) is a single chain of length 1
+        log_z = torch.logsumexp(alpha[:, -1], dim=-1)
+        return self._unflat(torch.where(single, 0.0, log_z))
+
+    def _forward_backward(
+        self, theta: Tensor, pad: Tensor | None, single: Tensor, keep: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The forward-backward pass on flat θ.
+
+        Returns:
+            ``(μ, log_w, log_last)``: marginals ``(B, M, C, C)``, log
+            conditionals log q(y_n = c | y_{n+1} = c') ``(B, M, C, C)`` (None
+            unless ``keep``) and the last position's log posterior ``(B, C)``.
+        """
+        alpha = _filter(theta, pad)
+        log_last = torch.log_softmax(alpha[:, -1], dim=-1)
+        # A length-1 chain has no transitions: zero flow keeps its marginals 0.
+        last = torch.where(single.unsqueeze(-1), 0.0, log_last.exp())
+        log_w = _log_conditionals(theta, alpha, pad)
+        cond = log_w.exp()
+        flow = _backward_sweep(cond, last, None, pad)  # (B, M, C): q(y_{n+1} = c')
+        if keep:
+            return flow.unsqueeze(-1) * cond, log_w, log_last
+        return _transition_grad(cond, flow), None, log_last
+
+    def marginals(self) -> Tensor:
+        """μ[..., n, c', c] = q(y_{n+1} = c', y_n = c), ``(*batch, N-1, C, C)``.
+
+        Differentiable in θ when gradients are on; 0 at padded transitions.
+        """
+        theta, pad, single = self._setup()
+        if theta.shape[1] == 0:
+            return torch.zeros_like(self.log_potentials)
+        return self._unflat(self._forward_backward(theta, pad, single, keep=False)[0])
+
+    def entropy(self) -> Tensor:
+        """H(q) = H(y_{L-1}) + Σ_n H(y_n | y_{n+1}), ``(*batch)``; 0 at L = 1."""
+        theta, pad, single = self._setup()
+        if theta.shape[1] == 0:
+            return self._unflat(theta.new_zeros(theta.shape[0]) + theta.sum((1, 2, 3)))
+        mu, log_w, log_last = self._forward_backward(theta, pad, single, keep=True)
+        # 0 · log 0 = 0 (padded, forbidden and unreachable cells) without NaN gradients.
+        log_w = torch.where(log_w > -math.inf, log_w, 0.0)
+        log_last = torch.where(log_last > -math.inf, log_last, 0.0)
+        h = -(mu * log_w).sum((1, 2, 3)) - (log_last.exp() * log_last).sum(-1)
+        return self._unflat(_at_least_zero(torch.where(single, 0.0, h)))
+
+    @torch.no_grad()
+    def argmax(self) -> Tensor:
+        """The Viterbi path as transition indicators ``(*batch, N-1, C, C)``."""
+        theta, pad, _ = self._setup()
+        theta = theta.detach()
+        batch, num, size, _ = theta.shape
+        if num == 0:
+            return torch.zeros_like(self.log_potentials)
+        score = theta.new_zeros(batch, size)
+        pointers = []
+        pads = pad.unsqueeze(-1).unbind(1) if pad is not None else (None,) * num
+        for step, padded in zip(theta.unbind(1), pads, strict=True):
+            best, pointer = (score.unsqueeze(-2) + step).max(dim=-1)
+            score = best if padded is None else torch.where(padded, score, best)
+            pointers.append(pointer)
+        state = score.argmax(-1)
+        states = [state]
+        for n in range(num - 1, -1, -1):
+            prev = pointers[n].gather(1, state.unsqueeze(-1)).squeeze(-1)
+            state = prev if pad is None else torch.where(pad[:, n], state, prev)
+            states.append(state)
+        path = torch.stack(states[::-1], dim=1)  # (B, N)
+        return self._unflat(_indicators(path, pad, size, theta.dtype))
+
+    # -------------------------------------------------------------- sampling
+    def _backward_sample(
+        self, sample_shape: int | Sequence[int] | torch.Size, temperature: float | Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """FFBS with Gumbel-max at every backward step, all samples in one sweep.
+
+        Returns:
+            ``(hard, soft)``: hard indicators ``(*sample, *batch, *event)`` and,
+            when ``temperature`` is given, the Gumbel-CRF relaxed indicators of
+            the same shape (else None).
+        """
+        shape = _as_size(sample_shape)
+        count = math.prod(shape)
+        theta, pad, _ = self._setup()
+        if temperature is None:
+            theta = theta.detach()
+        batch, num, size, _ = theta.shape
+        out_shape = (*shape, *self.batch_shape, *self.event_shape)
+        if num == 0:
+            zeros = theta.new_zeros(out_shape)
+            return zeros, (None if temperature is None else zeros)
+        alpha = _filter(theta, pad)
+        # Row c' of step n holds the unnormalized log q(y_n = · | y_{n+1} = c');
+        # softmax and argmax ignore the normalizer α_{n+1}(c').
+        rows = theta + alpha[:, :-1].unsqueeze(-2)
+        # Rows that are never used (padded steps, unreachable c') are set to 0:
+        # finite, so no softmax of an all -inf row turns into NaN values or gradients.
+        unused = (alpha[:, 1:] == -math.inf).unsqueeze(-1)
+        if pad is not None:
+            unused = unused | pad[..., None, None]
+        rows = rows.masked_fill(unused, 0.0)
+        # Samples ride along a second batch dimension, (B, S): a row is picked
+        # with `gather`, whose backward is cheap (index_select's is a slow
+        # scatter_add on CPU), and `unbind` avoids the O(N²) backward of rows[:, n].
+        rows = rows.unbind(1)
+        noise = gumbel_noise((num + 1, batch, count, size), dtype=theta.dtype, device=theta.device)
+        noise = noise.unbind(0)
+        pads = pad.unsqueeze(-1).unbind(1) if pad is not None else (None,) * num  # (B, 1)
+        logits = alpha[:, -1].unsqueeze(1) + noise[num]  # (B, S, C)
+        state = logits.argmax(-1)  # (B, S)
+        states = [state]
+        soft = None if temperature is None else torch.softmax(logits / temperature, dim=-1)
+        steps: list[Tensor] = []
+        for n in range(num - 1, -1, -1):
+            if temperature is None:
+                index = state.unsqueeze(-1).expand(batch, count, size)
+                prev = (rows[n].gather(1, index) + noise[n]).argmax(-1)
+            else:
+                # Every candidate row c' with the same noise: (B, S, C', C).
+                perturbed = rows[n].unsqueeze(1) + noise[n].unsqueeze(2)
+                index = state[..., None, None].expand(batch, count, 1, size)
+                prev = perturbed.detach().gather(2, index).squeeze(2).argmax(-1)
+                relaxed = torch.softmax(perturbed / temperature, dim=-1)
+                steps.append(soft.unsqueeze(-1) * relaxed)  # soft[n+1, c'] · R[c', c]
+                nxt = torch.matmul(soft.unsqueeze(-2), relaxed).squeeze(-2)
+                soft = nxt if pads[n] is None else torch.where(pads[n].unsqueeze(-1), soft, nxt)
+            if pads[n] is not None:
+                prev = torch.where(pads[n], state, prev)  # padded steps repeat the label
+            state = prev
+            states.append(state)
+        full_pad = pad.repeat(count, 1) if pad is not None else None  # (S·B, M)
+        path = torch.stack(states[::-1], dim=-1).transpose(0, 1).reshape(count * batch, num + 1)
+        hard = _indicators(path, full_pad, size, theta.dtype).reshape(out_shape)
+        if temperature is None:
+            return hard, None
+        relaxed = torch.stack(steps[::-1], dim=2).transpose(0, 1)  # (S, B, M, C, C)
+        relaxed = relaxed.reshape(count * batch, num, size, size)
+        if full_pad is not None:
+            relaxed = relaxed.masked_fill(full_pad[..., None, None], 0.0)
+        return hard, relaxed.reshape(out_shape)
+
+    @torch.no_grad()
+    def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
+        """Exact samples by forward-filtering backward-sampling, ``(*sample, *batch, *event)``."""
+        return self._backward_sample(sample_shape, None)[0]
+
+    def rsample_with_hard(
+        self,
+        sample_shape: int | Sequence[int] | torch.Size = (),
+        temperature: float | Tensor = 1.0,
+    ) -> tuple[Tensor, Tensor]:
+        """The Gumbel-CRF pair (Fu et al. 2020) drawn with the same noise.
+
+        Returns:
+            ``(hard, soft)``, each ``(*sample, *batch, N-1, C, C)``: ``hard`` an
+            exact FFBS sample (not differentiable), ``soft`` the relaxed FFBS
+            transition indicators at temperature τ (differentiable in θ).
+        """
+        hard, soft = self._backward_sample(sample_shape, temperature)
+        return hard, soft
+
+    def rsample(
+        self,
+        sample_shape: int | Sequence[int] | torch.Size = (),
+        temperature: float | Tensor = 1.0,
+    ) -> Tensor:
+        """A relaxed sample: marginals of (θ + G)/τ, or the relaxed FFBS path (``relaxation``)."""
+        if self.relaxation == "ffbs":
+            return self._backward_sample(sample_shape, temperature)[1]
+        return super().rsample(sample_shape, temperature)
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        """Every label sequence as indicators, ``(C^L, *batch, N-1, C, C)`` (one z at L = 1)."""
+        length = self._equal_lengths() or self.max_length
+        size, num = self.num_states, self.max_length - 1
+        theta = self.log_potentials
+        if length == 1:
+            rows = [(0,) * (num + 1)]
+        else:
+            rows = [
+                seq + (seq[-1],) * (num + 1 - length)
+                for seq in itertools.product(range(size), repeat=length)
+            ]
+        path = torch.tensor(rows, dtype=torch.long, device=theta.device).reshape(-1, num + 1)
+        pad = None
+        if length < num + 1:
+            pad = _pad_mask(torch.full((path.shape[0],), length, device=theta.device), num)
+        z = _indicators(path, pad, size, theta.dtype)
+        z = z.reshape(z.shape[0], *([1] * len(self.batch_shape)), *self.event_shape)
+        return z.expand(z.shape[0], *self.batch_shape, *self.event_shape) if expand else z
