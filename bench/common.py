@@ -1,0 +1,241 @@
+"""Timing and memory helpers shared by the benchmarks on a shared 2-core CPU.
+
+Method (see /work/shared/reference/perf-baseline.md, "How to read the numbers"):
+
+* **Interleaved timing** (`measure`): every candidate of one table row is
+  warmed up, then the candidates are timed round-robin, one sample each per
+  round, the starting candidate rotating. A sample loops its candidate for at
+  least ``min_time`` seconds (one call if it is slower) and records the time
+  per call. Before each sample the script waits (briefly) for other
+  processes to go quiet; a sample during which other processes used more
+  than ``busy`` cores is rejected. The result is the median of the accepted
+  samples, or of all samples where fewer than 3 were accepted (marked ``*``).
+  Slow candidates get fewer samples so that each row stays within a budget.
+* **Peak memory** (`peak_rss_growth`): the call runs once in a fresh
+  spawned process; the growth is the process's peak resident set size
+  (``getrusage`` ``ru_maxrss``) after the call minus its resident set just
+  before it, so torch's allocations (which tracemalloc cannot see) count.
+
+Ratios measured inside one interleaved run are the reliable quantity; the
+machine's absolute speed drifts by up to 2x between runs.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Timing",
+    "available_memory",
+    "format_ms",
+    "measure",
+    "peak_rss_growth",
+    "wait_for_quiet",
+]
+
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ CPU load
+def _cpu_snapshot() -> tuple[float, float, float]:
+    """(busy CPU seconds of the machine, CPU seconds of this process, wall seconds)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    own = os.times()
+    return (sum(ticks) - idle) / _HZ, own.user + own.system, time.perf_counter()
+
+
+def _others_cores(start: tuple[float, float, float]) -> float:
+    """Cores used by other processes since ``start`` (a `_cpu_snapshot`)."""
+    end = _cpu_snapshot()
+    wall = max(end[2] - start[2], 1e-9)
+    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / wall)
+
+
+def wait_for_quiet(threshold: float, max_wait: float = 1.0, window: float = 0.1) -> float:
+    """Sleep until other processes use < ``threshold`` cores or ``max_wait`` passes.
+
+    Returns:
+        The load (cores used by others) of the last window.
+    """
+    deadline = time.perf_counter() + max_wait
+    while True:
+        start = _cpu_snapshot()
+        time.sleep(window)
+        load = _others_cores(start)
+        if load < threshold or time.perf_counter() > deadline:
+            return load
+
+
+# -------------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    """Seconds per call of one candidate: accepted samples and all samples."""
+
+    accepted: list[float] = field(default_factory=list)
+    everything: list[float] = field(default_factory=list)
+    note: str = ""  # why there is no time ("n/a", "OOM", ...)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.everything)
+
+    @property
+    def fallback(self) -> bool:
+        """True when fewer than 3 samples were accepted and all samples are used."""
+        return len(self.accepted) < 3
+
+    @property
+    def samples(self) -> list[float]:
+        return self.everything if self.fallback else self.accepted
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.ok else math.nan
+
+    def __str__(self) -> str:
+        if not self.ok:
+            return self.note or "-"
+        low, high = min(self.samples), max(self.samples)
+        star = "*" if self.fallback else ""
+        return f"{format_ms(self.median)}{star} [{format_ms(low)}–{format_ms(high)}]"
+
+
+def format_ms(seconds: float) -> str:
+    """Milliseconds with three significant digits."""
+    ms = seconds * 1e3
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def _sample(fn: Callable[[], Any], min_time: float) -> float:
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / calls
+
+
+def measure(
+    candidates: dict[str, Callable[[], Any] | None],
+    repeats: int = 7,
+    min_time: float = 0.1,
+    budget: float = 4.0,
+    busy: float = 0.3,
+    quiet_wait: float = 1.0,
+) -> dict[str, Timing]:
+    """Time candidates interleaved round-robin.
+
+    Args:
+        candidates: name → zero-argument callable (None: not available, no time).
+        repeats: samples per candidate (at most).
+        min_time: seconds each sample loops its candidate for (at least one call).
+        budget: seconds of samples per candidate; a slow candidate gets
+            ``max(2, budget / t_call)`` samples instead of ``repeats``.
+        busy: a sample during which other processes used more cores is rejected.
+        quiet_wait: at most this long is spent waiting for quiet before a sample.
+
+    Returns:
+        name → `Timing`. A candidate that raises keeps the exception's class
+        name as its note (e.g. "OutOfMemoryError").
+    """
+    timings = {name: Timing() for name in candidates}
+    wanted: dict[str, int] = {}
+    for name, fn in candidates.items():
+        if fn is None:
+            timings[name].note = "n/a"
+            continue
+        try:
+            start = time.perf_counter()
+            fn()  # warm-up: allocator, caches, lazy imports
+            first = time.perf_counter() - start
+            if first < min_time:
+                fn()
+        except Exception as error:
+            timings[name].note = type(error).__name__
+            continue
+        wanted[name] = max(2, min(repeats, int(budget / max(first, 1e-9))))
+    names = list(wanted)
+    for round_ in range(max(wanted.values(), default=0)):
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for name in order:
+            timing = timings[name]
+            if len(timing.everything) >= wanted[name]:
+                continue
+            wait_for_quiet(busy, max_wait=quiet_wait)
+            start = _cpu_snapshot()
+            seconds = _sample(candidates[name], min_time)
+            timing.everything.append(seconds)
+            if _others_cores(start) <= busy:
+                timing.accepted.append(seconds)
+    return timings
+
+
+# -------------------------------------------------------------------- memory
+def available_memory() -> int:
+    """Bytes of MemAvailable (Linux), or 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _child(setup: Callable[..., Callable[[], Any]], args: tuple, warmup: tuple | None) -> int:
+    import torch
+
+    torch.set_num_threads(2)
+    if warmup is not None:
+        # Lazily loaded kernels, thread pools and allocator arenas are not the call's memory.
+        setup(*warmup)()
+    fn = setup(*args)  # build the inputs first: they are not the call's growth either
+    before = _current_rss()
+    fn()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return max(0, peak - before)
+
+
+def peak_rss_growth(
+    setup: Callable[..., Callable[[], Any]], *args: Any, warmup: tuple | None = None
+) -> int:
+    """Peak RSS growth in bytes of one call, measured in a fresh spawned process.
+
+    Args:
+        setup: a picklable (module-level) function; ``setup(*args)`` builds the
+            inputs and returns the zero-argument call to measure.
+        warmup: arguments of a first, small ``setup(*warmup)()`` call made before
+            the measurement, so one-time costs (kernels paged in, thread pools)
+            are not counted; it must peak below the measured call.
+
+    The growth is ``ru_maxrss`` after the call minus the resident set just
+    before it: exact when the call sets the process's peak, an overestimate
+    (never an underestimate) otherwise.
+    """
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_child, setup, args, warmup).result()

@@ -1,0 +1,339 @@
+"""Speed of the zoo's chain and tree structures against torch-struct 0.5, on the CPU.
+
+For each structure, size and operation the two implementations are timed
+interleaved in one run (`bench.common.measure`: warm-up, round-robin, median
+of several samples, samples taken while other processes were busy rejected),
+and the ratio t_torch-struct / t_zoo is printed. Operations, on float32
+potentials that require grad (as in training), the distribution built inside
+the timed call:
+
+* ``logZ+grad``: log-partition, summed, and its backward pass;
+* ``marginals``: the marginals as a differentiable tensor (torch-struct and
+  the zoo's chain both record a graph);
+* ``argmax``: the MAP structure;
+* ``sample(10)``: 10 exact samples.
+
+Sizes: chain (B, N, C) = (32, 50, 20), (32, 100, 45), (128, 30, 10); trees
+N = 20, 40, 80 at B = 32 (TreeCRF with L = 1 label). torch-struct lacks
+argmax and sampling for non-projective trees ("n/a"); its chain sampler needs
+more than 23 GiB at (32, 100, 45) and is skipped there. A structure that is
+not importable yet is skipped with the reason.
+
+Peak memory: log Z + gradient of the chain at (8, 128, 32) and (8, 512, 64),
+each in a fresh process (peak RSS growth of the call, after a tiny warm-up
+call so that one-time costs are not counted), for the zoo and, where
+a size estimate fits under both half the available memory and
+``--ts-memory-cap`` (8 GiB: the machine is shared), for torch-struct.
+
+Run: python bench/structures.py [--quick] [--only chain|trees] [--repeats 5] [--verbose]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    Timing,
+    available_memory,
+    measure,
+    peak_rss_growth,
+)
+
+GIB = 2**30
+CHAIN_SIZES = [(32, 50, 20), (32, 100, 45), (128, 30, 10)]
+TREE_SIZES = [(32, 20), (32, 40), (32, 80)]
+MEMORY_SIZE = (8, 512, 64)
+QUICK_CHAIN, QUICK_TREE, QUICK_MEMORY = [(16, 20, 10)], [(16, 12)], (8, 128, 32)
+OPS = ("logZ+grad", "marginals", "argmax", "sample(10)")
+NUM_SAMPLES = 10
+
+# torch-struct's chain sampler materialises (B, N/2, C, C, C)-sized charts per
+# sample batch; at (32, 100, 45) it ran out of 23 GiB (perf-baseline §2).
+TS_CHAIN_SAMPLE_SKIP = {(32, 100, 45): "OOM >23GiB"}
+
+
+# ------------------------------------------------------------------ imports
+def _torch_struct() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module("torch_struct")
+
+
+def _zoo(name: str) -> tuple[Any, str]:
+    """``(class, "")`` from zoo.structures, or ``(None, reason)`` if it cannot be imported."""
+    try:
+        module = importlib.import_module("zoo.structures")
+        return getattr(module, name), ""
+    except Exception as error:
+        return None, f"{type(error).__name__}: {error}"
+
+
+def _quiet(make: Callable[[], Any]) -> Any:
+    # torch-struct's distributions warn about missing arg_constraints on every construction.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make()
+
+
+# --------------------------------------------------------------- operations
+def _ops_torch_struct(make: Callable[[torch.Tensor], Any], theta: torch.Tensor) -> dict:
+    def log_z_grad() -> None:
+        theta.grad = None
+        _quiet(lambda: make(theta)).partition.sum().backward()
+
+    return {
+        "logZ+grad": log_z_grad,
+        "marginals": lambda: _quiet(lambda: make(theta)).marginals,
+        "argmax": lambda: _quiet(lambda: make(theta)).argmax,
+        "sample(10)": lambda: _quiet(lambda: make(theta)).sample((NUM_SAMPLES,)),
+    }
+
+
+def _ops_zoo(make: Callable[[torch.Tensor], Any], theta: torch.Tensor) -> dict:
+    def log_z_grad() -> None:
+        theta.grad = None
+        make(theta).log_partition().sum().backward()
+
+    return {
+        "logZ+grad": log_z_grad,
+        "marginals": lambda: make(theta).marginals(),
+        "argmax": lambda: make(theta).argmax(),
+        "sample(10)": lambda: make(theta).sample(NUM_SAMPLES),
+    }
+
+
+def _potentials(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g).requires_grad_(True)
+
+
+# ------------------------------------------------------------------- tables
+Row = tuple[str, str, str, Timing, Timing]  # structure, size, op, torch-struct, zoo
+
+
+def _ratio(ts: Timing, zoo: Timing) -> float:
+    if ts.ok and zoo.ok:
+        return ts.median / zoo.median
+    return math.nan
+
+
+def _print_rows(rows: list[Row]) -> None:
+    header = ("structure", "size", "op", "torch-struct ms", "zoo ms", "ratio")
+    cells = [
+        (s, size, op, str(ts), str(zoo), f"{_ratio(ts, zoo):.1f}x" if ts.ok and zoo.ok else "-")
+        for s, size, op, ts, zoo in rows
+    ]
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    print(line)
+    print("-|-".join("-" * w for w in widths))
+    for r in cells:
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)), flush=True)
+
+
+def _run_row(
+    name: str, size: str, ts_ops: dict, zoo_ops: dict, skips: dict[str, str], args: Any
+) -> list[Row]:
+    rows = []
+    for op in OPS:
+        candidates = {
+            "ts": None if op in skips else ts_ops.get(op),
+            "zoo": zoo_ops.get(op),
+        }
+        timings = measure(
+            candidates, repeats=args.repeats, min_time=args.min_time, budget=args.budget
+        )
+        if op in skips:
+            timings["ts"].note = skips[op]
+        rows.append((name, size, op, timings["ts"], timings["zoo"]))
+        if args.verbose:
+            _print_rows([rows[-1]])
+    return rows
+
+
+def chain_rows(args: Any) -> list[Row]:
+    ts = _torch_struct()
+    chain, reason = _zoo("LinearChainCRF")
+    if chain is None:
+        print(f"chain: skipped (zoo.structures.LinearChainCRF not importable: {reason})")
+        return []
+    rows = []
+    for size in QUICK_CHAIN if args.quick else CHAIN_SIZES:
+        b, n, c = size
+        theta = _potentials((b, n - 1, c, c))
+        ts_ops = _ops_torch_struct(ts.LinearChainCRF, theta)
+        zoo_ops = _ops_zoo(chain, theta)
+        skips = {}
+        if size in TS_CHAIN_SAMPLE_SKIP:
+            skips["sample(10)"] = TS_CHAIN_SAMPLE_SKIP[size]
+        rows += _run_row("chain", str(size), ts_ops, zoo_ops, skips, args)
+    return rows
+
+
+def tree_rows(args: Any) -> list[Row]:
+    ts = _torch_struct()
+    kinds = [
+        # name, zoo class, torch-struct constructor, potentials shape, zoo kwargs, ts skips
+        ("DependencyCRF", lambda b, n: (b, n, n), {"multiroot": True}, {}),
+        ("NonProjectiveDependencyCRF", lambda b, n: (b, n, n), {"multiroot": False},
+         {"argmax": "n/a", "sample(10)": "n/a"}),
+        ("TreeCRF", lambda b, n: (b, n, n, 1), {}, {}),
+    ]  # fmt: skip
+    rows = []
+    for name, shape, kwargs, skips in kinds:
+        zoo_class, reason = _zoo(name)
+        if zoo_class is None:
+            print(f"{name}: skipped (zoo.structures.{name} not importable: {reason})")
+            continue
+        ts_class = getattr(ts, name)
+        for b, n in QUICK_TREE if args.quick else TREE_SIZES:
+            theta = _potentials(shape(b, n))
+            ts_ops = _ops_torch_struct(lambda t, k=ts_class, kw=kwargs: k(t, **kw), theta)
+            zoo_ops = _ops_zoo(lambda t, k=zoo_class, kw=kwargs: k(t, **kw), theta)
+            rows += _run_row(name, f"({b}, {n})", ts_ops, zoo_ops, skips, args)
+    return rows
+
+
+# ------------------------------------------------------------------- memory
+def _setup_chain_memory(library: str, size: tuple[int, int, int]) -> Callable[[], None]:
+    b, n, c = size
+    theta = _potentials((b, n - 1, c, c))
+    if library == "zoo":
+        from zoo.structures import LinearChainCRF
+
+        return lambda: LinearChainCRF(theta).log_partition().sum().backward()
+    ts = _torch_struct()
+    return lambda: _quiet(lambda: ts.LinearChainCRF(theta)).partition.sum().backward()
+
+
+def _torch_struct_chain_bytes(size: tuple[int, int, int]) -> float:
+    """Estimated peak of torch-struct's log Z + gradient: its scan's first level
+    broadcasts (B, N'/2, C, C, C) float32 (N' = N-1 rounded up to a power of 2);
+    forward and backward hold about 4.2 of those (4.2 fits 3.1 GiB measured at
+    (32, 100, 45) in perf-baseline §2)."""
+    b, n, c = size
+    padded = 2 ** math.ceil(math.log2(max(n - 1, 2)))
+    return 4.2 * b * (padded // 2) * c**3 * 4
+
+
+def memory_rows(args: Any) -> tuple[list[tuple[str, str]], int]:
+    """Peak memory of the chain's log Z + gradient: the target size, and a small size
+    where torch-struct always fits (for a measured ratio)."""
+    out, zoo_bytes = [], 0
+    start = time.perf_counter()
+    sizes = [QUICK_MEMORY] if args.quick else [QUICK_MEMORY, MEMORY_SIZE]
+    for size in sizes:
+        warm = (2, 3, 4)
+        measured = {"zoo": peak_rss_growth(_setup_chain_memory, "zoo", size, warmup=("zoo", warm))}
+        need, free = _torch_struct_chain_bytes(size), available_memory()
+        cap = min(0.5 * free, args.ts_memory_cap * GIB)
+        if need < cap:
+            measured["torch-struct"] = peak_rss_growth(
+                _setup_chain_memory, "torch-struct", size, warmup=("torch-struct", warm)
+            )
+            text = f"{measured['torch-struct'] / GIB:.3f} GiB"
+        else:
+            text = (
+                f"skipped (needs > {need / GIB:.1f} GiB by estimate; measured only below "
+                f"{cap / GIB:.1f} GiB = min(half of the {free / GIB:.0f} GiB available, "
+                f"--ts-memory-cap) on this shared machine)"
+            )
+        out.append((f"chain {size} zoo", f"{measured['zoo'] / GIB:.3f} GiB"))
+        out.append((f"chain {size} torch-struct", text))
+        if "torch-struct" in measured:
+            ratio = measured["torch-struct"] / max(measured["zoo"], 1)
+            out.append((f"chain {size} torch-struct / zoo", f"{ratio:.1f}x"))
+        zoo_bytes = measured["zoo"]
+    out.append(("memory measurements took", f"{time.perf_counter() - start:.0f} s"))
+    return out, zoo_bytes
+
+
+# ------------------------------------------------------------------- targets
+def chain_targets(rows: list[Row], zoo_bytes: int | None) -> list[tuple[str, str]]:
+    def ratio(size: tuple, op: str) -> float:
+        for s, sz, o, ts, zoo in rows:
+            if s == "chain" and sz == str(size) and o == op:
+                return _ratio(ts, zoo)
+        return math.nan
+
+    def verdict(value: float, goal: float) -> str:
+        if math.isnan(value):
+            return "not measured"
+        return f"{value:.1f}x ({'met' if value >= goal else 'NOT met'}, goal ≥{goal:g}x)"
+
+    out = [
+        ("logZ+grad (32, 50, 20)", verdict(ratio((32, 50, 20), "logZ+grad"), 10)),
+        ("logZ+grad (32, 100, 45)", verdict(ratio((32, 100, 45), "logZ+grad"), 15)),
+    ]
+    for size in CHAIN_SIZES:
+        if size not in TS_CHAIN_SAMPLE_SKIP:
+            out.append((f"sample(10) {size}", verdict(ratio(size, "sample(10)"), 100)))
+    if zoo_bytes is not None:
+        ok = "met" if zoo_bytes < 0.5 * GIB else "NOT met"
+        out.append(
+            (f"peak memory {MEMORY_SIZE}", f"{zoo_bytes / GIB:.3f} GiB ({ok}, goal < 0.5 GiB)")
+        )
+    return out
+
+
+# ---------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one small size per structure")
+    parser.add_argument("--only", choices=("chain", "trees"), help="one family only")
+    parser.add_argument("--repeats", type=int, default=5, help="samples per candidate (at most)")
+    parser.add_argument("--min-time", type=float, default=0.1, help="seconds per sample")
+    parser.add_argument(
+        "--budget", type=float, default=4.0, help="seconds of samples per candidate"
+    )
+    parser.add_argument("--verbose", action="store_true", help="print rows as they finish")
+    parser.add_argument(
+        "--ts-memory-cap",
+        type=float,
+        default=8.0,
+        help="GiB: measure torch-struct's peak memory only where its estimate is below this",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.min_time, args.budget = min(args.repeats, 3), 0.02, 1.0
+    torch.set_num_threads(2)
+    ts_version = getattr(_torch_struct(), "__version__", "0.5")
+    print(
+        f"torch {torch.__version__}, torch-struct {ts_version}, {torch.get_num_threads()} threads, "
+        f"float32, times in ms: median* [min–max] (* = fewer than 3 quiet samples, all used)"
+    )
+    start = time.perf_counter()
+    rows: list[Row] = []
+    zoo_bytes = None
+    if args.only in (None, "chain"):
+        rows += chain_rows(args)
+    if args.only in (None, "trees"):
+        rows += tree_rows(args)
+    print()
+    _print_rows(rows)
+    if args.only in (None, "chain"):
+        print("\npeak memory (fresh process, RSS growth of one call):")
+        memory, zoo_bytes = memory_rows(args)
+        for name, value in memory:
+            print(f"  {name}: {value}")
+        if not args.quick:
+            print("\nchain targets (torch-struct / zoo, same run):")
+            for name, value in chain_targets(rows, zoo_bytes):
+                print(f"  {name}: {value}")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s wall")
+
+
+if __name__ == "__main__":
+    main()
