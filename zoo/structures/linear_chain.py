@@ -344,7 +344,7 @@ class LinearChainCRF(Structure):
         # A length-1 chain has no transitions: zero flow keeps its marginals 0.
         last = torch.where(single.unsqueeze(-1), 0.0, log_last.exp())
         log_w = _log_conditionals(theta, alpha, pad)
-        cond = log_w.exp()
+        cond = log_w.exp() if keep or torch.is_grad_enabled() else log_w.exp_()
         flow = _backward_sweep(cond, last, None, pad)  # (B, M, C): q(y_{n+1} = c')
         if keep:
             return flow.unsqueeze(-1) * cond, log_w, log_last
