@@ -1,0 +1,209 @@
+r"""Callbacks: temperature annealing and pictures for TensorBoard.
+
+* `TemperatureAnnealing`: Jang et al. (2017)'s schedule
+  τ = max(τ_min, τ₀ · exp(−r · t)) at training step t, set every N steps on
+  every tempered estimator of the model (nested ones included).
+* `SampleImages`: the model's pictures (reconstructions, prior samples,
+  completions) as image grids in TensorBoard after every validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from zoo.estimators import Estimator
+from zoo.models.components import image_grid
+
+__all__ = ["SampleImages", "TemperatureAnnealing", "tempered_estimators"]
+
+log = logging.getLogger(__name__)
+
+
+def tempered_estimators(module: torch.nn.Module) -> list[Estimator]:
+    """Every estimator inside ``module`` that has a temperature (outer and nested ones)."""
+    return [m for m in module.modules() if isinstance(m, Estimator) and hasattr(m, "temperature")]
+
+
+class TemperatureAnnealing(L.Callback):
+    """τ = max(τ_min, τ₀ · exp(−r · t)), updated every N training steps (Jang et al. 2017).
+
+    At every step t that is a multiple of ``every_n_steps`` (t = 0 included),
+    the temperature of every tempered estimator in the model (``GumbelSoftmax``,
+    ``STGumbelSoftmax``, ``PerturbAndMAP``, also when nested, as in the SBN) is
+    set to the schedule's value at t; estimators without a temperature are
+    left alone. The model logs the value as ``train/temperature`` (each tempered
+    estimator reports its temperature in its statistics).
+
+    The paper anneals with r ∈ {1e-5, 1e-4} every N ∈ {500, 1000} steps from τ₀ = 1
+    down to τ_min = 0.5. With r = 1e-4 τ reaches 0.5 after about 6,900 steps
+    (14 epochs of 50,000 images in batches of 100); r = 1e-5 is ten times slower.
+
+    The schedule is a function of the global step, which a checkpoint restores;
+    the callback's own state (τ₀ and the step of the last update) is saved too,
+    so a resumed run continues the schedule where it stopped.
+
+    Args:
+        rate: r, the decay rate per step.
+        min_temperature: τ_min.
+        every_n_steps: N, steps between updates.
+        initial_temperature: τ₀; None: the temperature the (first) tempered estimator
+            has when training starts.
+
+    Raises:
+        ValueError: r < 0, τ_min ≤ 0, N < 1, τ₀ ≤ 0.
+    """
+
+    def __init__(
+        self,
+        rate: float = 1e-4,
+        min_temperature: float = 0.5,
+        every_n_steps: int = 500,
+        initial_temperature: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not float(rate) >= 0:
+            raise ValueError(f"rate must be ≥ 0, got {rate!r}")
+        if not float(min_temperature) > 0:
+            raise ValueError(f"min_temperature must be > 0, got {min_temperature!r}")
+        if (
+            isinstance(every_n_steps, bool)
+            or not isinstance(every_n_steps, int)
+            or every_n_steps < 1
+        ):
+            raise ValueError(f"every_n_steps must be an integer ≥ 1, got {every_n_steps!r}")
+        if initial_temperature is not None and not float(initial_temperature) > 0:
+            raise ValueError(f"initial_temperature must be > 0, got {initial_temperature!r}")
+        self.rate = float(rate)
+        self.min_temperature = float(min_temperature)
+        self.every_n_steps = every_n_steps
+        self.initial_temperature = (
+            None if initial_temperature is None else float(initial_temperature)
+        )
+        self.last_update_step: int | None = None
+
+    def temperature_at(self, step: int) -> float:
+        """The schedule at step t, as set at the last update step ≤ t."""
+        if self.initial_temperature is None:
+            raise RuntimeError("TemperatureAnnealing: τ₀ is not known before training starts")
+        t = step - step % self.every_n_steps
+        return max(self.min_temperature, self.initial_temperature * math.exp(-self.rate * t))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        estimators = tempered_estimators(pl_module)
+        if not estimators:
+            log.debug(
+                "TemperatureAnnealing: %s has no tempered estimator", type(pl_module).__name__
+            )
+        elif self.initial_temperature is None:
+            self.initial_temperature = float(estimators[0].temperature)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.initial_temperature is None or step % self.every_n_steps != 0:
+            return
+        if step == self.last_update_step:  # several batches per optimizer step
+            return
+        value = self.temperature_at(step)
+        for estimator in tempered_estimators(pl_module):
+            estimator.temperature = value
+        self.last_update_step = step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "initial_temperature": self.initial_temperature,
+            "last_update_step": self.last_update_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initial_temperature = state_dict["initial_temperature"]
+        self.last_update_step = state_dict["last_update_step"]
+
+
+class SampleImages(L.Callback):
+    """Log the model's pictures (``LatentVariableModel.images``) to TensorBoard after validation.
+
+    From the first validation batch it asks the model for named picture
+    batches (for a VAE, inputs next to reconstructions and prior samples; for
+    the SBN, images completed from their upper halves), tiles each into one
+    grid and logs it as ``val/<name>`` at the current step. With no
+    TensorBoard logger it does nothing (and says so at debug level).
+
+    Args:
+        num_images: examples taken from the first validation batch.
+        image_shape: (height, width) each flat vector is shown as.
+        every_n_epochs: log after every n-th validation.
+
+    Raises:
+        ValueError: sizes below 1.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 16,
+        image_shape: tuple[int, int] = (28, 28),
+        every_n_epochs: int = 1,
+    ) -> None:
+        super().__init__()
+        if num_images < 1 or every_n_epochs < 1 or min(image_shape) < 1:
+            raise ValueError(
+                f"num_images, every_n_epochs and image_shape must be ≥ 1, got {num_images}, "
+                f"{every_n_epochs} and {tuple(image_shape)}"
+            )
+        self.num_images = num_images
+        self.image_shape = tuple(image_shape)
+        self.every_n_epochs = every_n_epochs
+        self._batch: dict[str, Tensor] | None = None
+
+    def _logger(self, trainer: L.Trainer) -> TensorBoardLogger | None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger
+        return None
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and isinstance(batch, dict):
+            self._batch = {k: v[: self.num_images].clone() for k, v in batch.items()}
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batch, self._batch = self._batch, None
+        if trainer.sanity_checking or batch is None or trainer.current_epoch % self.every_n_epochs:
+            return
+        logger = self._logger(trainer)
+        if logger is None:
+            log.debug("SampleImages: no TensorBoardLogger among the loggers; no images logged")
+            return
+        images_fn = getattr(pl_module, "images", None)
+        if images_fn is None:
+            log.debug("SampleImages: %s has no images() method", type(pl_module).__name__)
+            return
+        height, width = self.image_shape
+        for name, images in images_fn(batch, self.num_images).items():
+            if images.shape[-1] != height * width:
+                log.debug(
+                    "SampleImages: %s of width %d cannot be shown as %dx%d images",
+                    name,
+                    images.shape[-1],
+                    height,
+                    width,
+                )
+                continue
+            pictures = images.detach().float().clamp(0, 1).reshape(-1, height, width).cpu()
+            grid = image_grid(pictures, ncol=8)
+            logger.experiment.add_image(f"val/{name}", grid, global_step=trainer.global_step)
