@@ -1,0 +1,6 @@
+"""Train, validate and test the zoo's models: ``python train.py fit --config configs/vae/categorical-gumbel.yaml``."""
+
+from zoo.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The command line: ``python train.py {fit,validate,test,predict} --config configs/...``.
+
+`ZooCLI` is a `LightningCLI` over any `LatentVariableModel` and any
+`LightningDataModule` (subclass mode: ``class_path`` picks them; after the
+imports below, class names work as shorthand: ``--model.estimator=Reinforce``).
+On top of Lightning's defaults it
+
+* links the data's width into the model (``data.input_dim`` → ``model.input_dim``;
+  every model of the zoo takes ``input_dim``, and a datamodule used with this
+  CLI must have an ``input_dim`` property),
+* logs to TensorBoard under ``lightning_logs/<family>`` (the model's module:
+  ``vae``, ``sbn``) unless a logger is configured,
+* always keeps a ``ModelCheckpoint`` (options under ``--checkpoint.*``) that saves
+  ``last.ckpt`` and a checkpoint when training stops on an exception, and
+* reads ``--ckpt_path last`` as "the newest ``last.ckpt`` of this experiment":
+  the run continues in that run's log directory, so an interrupted ``fit``
+  resumes with the same command plus ``--ckpt_path last`` (and starts afresh
+  when there is none yet).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+# Imported for their side effect as well: class-name shorthand on the command
+# line resolves among the imported subclasses.
+import zoo.callbacks
+import zoo.data
+import zoo.estimators
+import zoo.models
+from zoo.models import LatentVariableModel
+
+__all__ = ["ZooCLI", "main"]
+
+log = logging.getLogger(__name__)
+
+_ = (zoo.callbacks, zoo.data, zoo.estimators)
+
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+DEFAULT_LOGGER = {
+    "class_path": TENSORBOARD,
+    "init_args": {"save_dir": "lightning_logs", "name": None, "default_hp_metric": False},
+}
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI for the zoo: see the module docstring.
+
+    Args:
+        args: command-line arguments (a list, as after ``train.py``); None reads ``sys.argv``.
+        run: run the subcommand (``fit``, ``test``, ...); False only instantiates the classes.
+    """
+
+    def __init__(self, args: ArgsType = None, run: bool = True) -> None:
+        super().__init__(
+            LatentVariableModel,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            # A resumed run writes its config.yaml again, into the same log directory.
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.save_on_exception": True,
+                "trainer.logger": DEFAULT_LOGGER,
+            }
+        )
+        parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
+
+    # ----------------------------------------------------------- before instantiation
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = _tensorboard_config(config)
+        if logger is not None and logger.init_args.get("name") is None:
+            logger.init_args.name = _family(config.model.class_path)
+        if self.subcommand and config.get("ckpt_path") == "last":
+            self._resolve_last(config, logger)
+
+    def _resolve_last(self, config: Namespace, logger: Namespace | None) -> None:
+        """Point the logger at the newest run of this experiment that has a ``last.ckpt``.
+
+        "This experiment" means the same model class and estimator(s), read from
+        the ``config.yaml`` each run saves next to its checkpoints; Lightning then
+        finds ``last.ckpt`` in that run's checkpoint folder, and the run goes on
+        logging into the same directory.
+        """
+        if config.checkpoint.dirpath is not None:
+            return  # Lightning looks for last.ckpt in the fixed dirpath itself
+        if logger is None or logger.init_args.get("version") is not None:
+            return
+        root = Path(logger.init_args.save_dir) / str(logger.init_args.name)
+        wanted = _experiment(yaml.safe_load(self._parser(self.subcommand).dump(config)))
+        runs = sorted(root.glob("*/checkpoints/last*.ckpt"), key=os.path.getmtime, reverse=True)
+        for ckpt in runs:
+            saved = ckpt.parent.parent / "config.yaml"
+            if saved.is_file() and _experiment(yaml.safe_load(saved.read_text())) == wanted:
+                run = ckpt.parent.parent.name
+                version = run.removeprefix("version_")
+                logger.init_args.version = int(version) if version.isdigit() else run
+                return
+        if self.subcommand != "fit":  # anything but fit would run on random weights
+            raise ValueError(
+                f"--ckpt_path last: no run of this model and estimator with a last.ckpt under "
+                f"{root}/*/checkpoints/; train it first or give the checkpoint's path"
+            )
+        log.info(
+            "--ckpt_path last: no earlier run of this experiment under %s; starting afresh", root
+        )
+        config.ckpt_path = None
+
+
+def _experiment(config: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two runs the same experiment: the model's class and its estimators."""
+    model = config.get("model") or {}
+    init = model.get("init_args") or {}
+    return (model.get("class_path"), init.get("estimator"), init.get("inner_estimator"))
+
+
+def _tensorboard_config(config: Namespace) -> Namespace | None:
+    logger = config.get("trainer", Namespace()).get("logger")
+    if isinstance(logger, Namespace) and logger.get("class_path") == TENSORBOARD:
+        return logger
+    return None
+
+
+def _family(class_path: str) -> str:
+    """The module that defines the model (``zoo.models.vae`` → ``vae``): its log folder."""
+    module, name = class_path.rsplit(".", 1)
+    defined_in = getattr(importlib.import_module(module), name).__module__
+    return defined_in.rsplit(".", 1)[-1]
+
+
+def main(args: ArgsType = None, run: bool = True) -> ZooCLI:
+    """Run the zoo's command line; ``args`` as after ``train.py`` (None: ``sys.argv``)."""
+    return ZooCLI(args=args, run=run)
