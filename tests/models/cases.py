@@ -1,0 +1,114 @@
+"""Tiny models × estimators for the model suites, and CLI arguments for synthetic data.
+
+A new model joins every suite by one row of ``MODELS``; a new estimator by one
+row of ``ESTIMATORS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zoo.data import SyntheticBinaryDataModule
+from zoo.estimators import (
+    Estimator,
+    GreedyBaseline,
+    GumbelSoftmax,
+    LearnedBaseline,
+    LeaveOneOutBaseline,
+    MovingAverageBaseline,
+    PerturbAndMAP,
+    Reinforce,
+    STGumbelSoftmax,
+    StraightThrough,
+)
+from zoo.models import BernoulliSBN, BernoulliVAE, CategoricalSBN, CategoricalVAE
+from zoo.models.base import LatentVariableModel
+
+DIM = 16
+"""Width of the synthetic vectors (halves of 8 for the SBN)."""
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    name: str
+    make: Callable[[Estimator], LatentVariableModel]
+    parts: int  # parts of one latent event (what LearnedBaseline reads)
+    split: str  # the datamodule split the model needs
+
+    def data(self, **overrides: int) -> SyntheticBinaryDataModule:
+        kwargs = {"num_train": 64, "num_val": 32, "num_test": 32, "batch_size": 16, "dim": DIM}
+        kwargs.update(overrides)
+        return SyntheticBinaryDataModule(split=self.split, num_prototypes=3, **kwargs)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+MODELS = [
+    ModelCase(
+        "categorical-vae",
+        lambda e: CategoricalVAE(
+            e, num_variables=3, num_classes=4, input_dim=DIM, hidden_sizes=(8,), lr=1e-2
+        ),
+        parts=12,
+        split="full",
+    ),
+    ModelCase(
+        "bernoulli-vae",
+        lambda e: BernoulliVAE(e, num_variables=6, input_dim=DIM, hidden_sizes=(8,), lr=1e-2),
+        parts=6,
+        split="full",
+    ),
+    ModelCase(
+        "bernoulli-sbn",
+        lambda e: BernoulliSBN(e, num_variables=5, input_dim=DIM // 2, lr=1e-2),
+        parts=5,
+        split="halves",
+    ),
+    ModelCase(
+        "categorical-sbn",
+        lambda e: CategoricalSBN(e, num_variables=2, num_classes=3, input_dim=DIM // 2, lr=1e-2),
+        parts=6,
+        split="halves",
+    ),
+]
+
+ESTIMATORS: dict[str, Callable[[int], Estimator]] = {
+    "gumbel": lambda parts: GumbelSoftmax(temperature=0.7),
+    "st-gumbel": lambda parts: STGumbelSoftmax(temperature=0.7),
+    "straight-through": lambda parts: StraightThrough(),
+    "perturb-and-map": lambda parts: PerturbAndMAP(temperature=0.7),
+    # I-MLE's gradient is 0 unless λ·∂L/∂z flips a MAP; ∂L/∂z of a batch-mean loss
+    # is small, so a large λ makes the first two steps move every layer.
+    "perturb-and-map-imle": lambda parts: PerturbAndMAP(gradient="imle", imle_lambda=1000.0),
+    "reinforce": lambda parts: Reinforce(),
+    "reinforce-ema": lambda parts: Reinforce(baseline=MovingAverageBaseline(0.9)),
+    "reinforce-loo": lambda parts: Reinforce(num_samples=3, baseline=LeaveOneOutBaseline()),
+    "reinforce-learned": lambda parts: Reinforce(baseline=LearnedBaseline(parts, 4)),
+    "reinforce-greedy": lambda parts: Reinforce(baseline=GreedyBaseline()),
+}
+
+
+def synthetic_args(split: str = "full", dim: int = DIM) -> list[str]:
+    """CLI arguments that swap any config's data for a tiny synthetic datamodule."""
+    return [
+        "--data=SyntheticBinaryDataModule",
+        f"--data.dim={dim}",
+        f"--data.split={split}",
+        "--data.num_train=64",
+        "--data.num_val=32",
+        "--data.num_test=32",
+        "--data.batch_size=16",
+        "--data.num_prototypes=3",
+    ]
+
+
+def quiet_trainer_args() -> list[str]:
+    """CLI arguments that keep a test's trainer quiet and on the CPU."""
+    return [
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]

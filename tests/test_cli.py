@@ -1,0 +1,251 @@
+"""The command line end to end: shorthand, help, checkpoints, resuming, TensorBoard.
+
+Every run goes through ``zoo.cli.main`` (what ``train.py`` calls) on tiny
+synthetic data, inside a temporary working directory, so ``lightning_logs/``
+lands there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from tests.models.cases import quiet_trainer_args, synthetic_args
+from zoo.callbacks import TemperatureAnnealing
+from zoo.cli import main
+from zoo.estimators import (
+    GumbelSoftmax,
+    LeaveOneOutBaseline,
+    MovingAverageBaseline,
+    Reinforce,
+)
+from zoo.models import BernoulliSBN
+
+ROOT = Path(__file__).resolve().parents[1]
+VAE_CONFIG = str(ROOT / "configs" / "vae" / "categorical-gumbel.yaml")
+
+TINY_VAE = [
+    "--model=CategoricalVAE",
+    "--model.num_variables=3",
+    "--model.num_classes=4",
+    "--model.hidden_sizes=[8]",
+    "--model.num_importance_samples=8",
+    "--model.lr=0.01",
+]
+# An SBN whose outer estimator is annealed and whose inner one keeps a moving average:
+# both kinds of estimator state must survive checkpoints.
+TINY_SBN = [
+    "--model=BernoulliSBN",
+    "--model.num_variables=4",
+    "--model.num_importance_samples=8",
+    "--model.estimator=GumbelSoftmax",
+    "--model.inner_estimator=Reinforce",
+    "--model.inner_estimator.baseline=MovingAverageBaseline",
+    "--trainer.callbacks+=TemperatureAnnealing",
+    "--trainer.callbacks.rate=0.1",
+    "--trainer.callbacks.every_n_steps=2",
+    "--trainer.callbacks.min_temperature=0.05",
+]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own arguments are not the CLI's
+    return tmp_path
+
+
+def fit_sbn(*extra: str, max_steps: int = 6):
+    args = ["fit", *TINY_SBN, *synthetic_args("halves"), *quiet_trainer_args()]
+    return main(
+        [*args, f"--trainer.max_steps={max_steps}", "--trainer.log_every_n_steps=1", *extra]
+    )
+
+
+def annealing(trainer: L.Trainer) -> TemperatureAnnealing:
+    (callback,) = [c for c in trainer.callbacks if isinstance(c, TemperatureAnnealing)]
+    return callback
+
+
+def test_class_name_shorthand_swaps_the_estimator() -> None:
+    args = [
+        "--config",
+        VAE_CONFIG,
+        "--model.estimator=Reinforce",
+        "--model.estimator.num_samples=4",
+        "--model.estimator.baseline=LeaveOneOutBaseline",
+    ]
+    estimator = main(args, run=False).model.estimator
+    assert type(estimator) is Reinforce
+    assert estimator.num_samples == 4
+    assert type(estimator.baseline) is LeaveOneOutBaseline
+
+
+def test_train_py_runs_as_a_script(in_tmp) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", VAE_CONFIG]
+    shorthand = ["--model.estimator=StraightThrough", "--print_config"]
+    result = subprocess.run(
+        [*command, *shorthand], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "class_path: zoo.estimators.StraightThrough" in result.stdout
+
+
+def test_help_comes_from_the_docstrings(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "CategoricalVAE"])
+    text = capsys.readouterr().out
+    assert "the gradient estimator of E_q[−log p(x | z)]" in text
+    assert "--model.num_importance_samples" in text
+
+
+def test_fit_checkpoint_test_round_trip_rebuilds_the_estimators(in_tmp) -> None:
+    trained = fit_sbn().model
+    temperature = trained.estimator.temperature
+    average = trained.inner_estimator.baseline.average.clone()
+    assert temperature == pytest.approx(math.exp(-0.1 * 4))  # annealed at step 4
+    assert int(trained.inner_estimator.baseline.steps) == 6
+    ckpt = in_tmp / "lightning_logs" / "sbn" / "version_0" / "checkpoints" / "last.ckpt"
+
+    # A different estimator on the command line: the checkpoint's own config wins.
+    args = ["test", "--model=BernoulliSBN", "--model.estimator=StraightThrough"]
+    tested = main(
+        [*args, *synthetic_args("halves"), *quiet_trainer_args(), "--ckpt_path", str(ckpt)]
+    )
+    model = tested.model
+    assert type(model.estimator) is GumbelSoftmax
+    assert type(model.inner_estimator) is Reinforce
+    assert type(model.inner_estimator.baseline) is MovingAverageBaseline
+    assert model.estimator.temperature == pytest.approx(temperature)
+    torch.testing.assert_close(model.inner_estimator.baseline.average, average)
+    assert int(model.inner_estimator.baseline.steps) == 6
+    assert math.isfinite(float(tested.trainer.callback_metrics["test/nll_iw"]))
+
+    # Plain Python rebuilds it too (the default weights_only=True: only plain values inside).
+    loaded = BernoulliSBN.load_from_checkpoint(ckpt)
+    assert loaded.estimator.temperature == pytest.approx(temperature)
+    torch.testing.assert_close(loaded.inner_estimator.baseline.average, average)
+
+
+def test_resume_from_last_continues_the_temperature_schedule(in_tmp) -> None:
+    fit_sbn(max_steps=5)  # τ set at steps 0, 2, 4
+    resumed = fit_sbn("--ckpt_path", "last", max_steps=9)
+    assert resumed.trainer.global_step == 9
+    callback = annealing(resumed.trainer)
+    assert callback.initial_temperature == 1.0  # from the checkpoint, not the annealed τ
+    assert callback.last_update_step == 8
+    assert resumed.model.estimator.temperature == pytest.approx(math.exp(-0.1 * 8))
+    assert resumed.model.inner_estimator.baseline.steps == 9
+    # It went on in the same run directory.
+    assert [p.name for p in (in_tmp / "lightning_logs" / "sbn").iterdir()] == ["version_0"]
+
+
+def test_fit_with_last_starts_afresh_when_there_is_none(in_tmp) -> None:
+    cli = fit_sbn("--ckpt_path", "last", max_steps=2)
+    assert cli.trainer.global_step == 2
+
+
+def test_test_with_last_and_no_run_is_an_error() -> None:
+    args = ["test", *TINY_SBN, *synthetic_args("halves"), *quiet_trainer_args()]
+    with pytest.raises(ValueError, match="no run of this model and estimator"):
+        main([*args, "--ckpt_path", "last"])
+
+
+def test_last_picks_the_run_of_the_same_experiment(in_tmp) -> None:
+    fit_sbn(max_steps=3)  # version_0: Gumbel outer estimator
+    other = [a for a in TINY_SBN if "estimator=GumbelSoftmax" not in a]
+    args = ["fit", *other, "--model.estimator=StraightThrough", *synthetic_args("halves")]
+    main([*args, *quiet_trainer_args(), "--trainer.max_steps=2"])  # version_1, newer
+    resumed = fit_sbn("--ckpt_path", "last", max_steps=4)
+    assert resumed.trainer.logger.version == 0
+    assert resumed.trainer.global_step == 4
+
+
+class FailAt(L.Callback):
+    """Raise in the middle of training (for the checkpoint-on-exception test).
+
+    Args:
+        step: the global step at which to raise.
+        ctrl_c: raise KeyboardInterrupt (what Ctrl-C does) instead of RuntimeError.
+    """
+
+    def __init__(self, step: int = 3, ctrl_c: bool = False) -> None:
+        self.step = step
+        self.ctrl_c = ctrl_c
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt if self.ctrl_c else RuntimeError("interrupted")
+
+
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["exception", "ctrl-c"])
+def test_an_interrupted_run_resumes_from_its_exception_checkpoint(in_tmp, ctrl_c: bool) -> None:
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C
+    fail = ["--trainer.callbacks+=tests.test_cli.FailAt", f"--trainer.callbacks.ctrl_c={ctrl_c}"]
+    try:
+        with pytest.raises(SystemExit if ctrl_c else RuntimeError):
+            fit_sbn(*fail, max_steps=100)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    last = in_tmp / "lightning_logs" / "sbn" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    resumed = fit_sbn("--ckpt_path", "last", max_steps=6)
+    assert resumed.trainer.global_step == 6
+    assert resumed.model.inner_estimator.baseline.steps == 6  # 3 before, 3 after
+
+
+def test_validate_and_predict_subcommands(in_tmp) -> None:
+    fit_sbn(max_steps=2)
+    common = [*TINY_SBN, *synthetic_args("halves"), *quiet_trainer_args(), "--ckpt_path", "last"]
+    validated = main(["validate", *common])
+    assert math.isfinite(float(validated.trainer.callback_metrics["val/nll_bound"]))
+    predicted = main(["predict", *common])
+    assert predicted.trainer.predict_loop.predictions  # per-example losses, one tensor a batch
+
+
+def test_tensorboard_shows_the_real_metrics_in_the_hparams_tab(in_tmp) -> None:
+    args = ["fit", *TINY_VAE, "--model.estimator=GumbelSoftmax", *synthetic_args()]
+    cli = main(
+        [*args, *quiet_trainer_args(), "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1"]
+    )
+    main(
+        [
+            "test",
+            *TINY_VAE,
+            "--model.estimator=GumbelSoftmax",
+            *synthetic_args(),
+            "--ckpt_path",
+            "last",
+        ]
+    )
+    run = in_tmp / "lightning_logs" / "vae" / "version_0"
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert "hp_metric" not in scalars  # no -1 placeholder
+    # The hparams session names the metrics and holds the hyperparameters.
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    names = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert names == {"val/neg_elbo", "test/neg_elbo", "test/nll_iw"}
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["class_path"].string_value.endswith("CategoricalVAE")
+    # Each metric's series holds only real values, the last being the final one.
+    val = [e.value for e in events.Scalars("val/neg_elbo")]
+    assert len(val) == 2
+    assert val[-1] == pytest.approx(float(cli.trainer.callback_metrics["val/neg_elbo"]))
+    for name in names:
+        assert all(math.isfinite(e.value) and e.value > 1 for e in events.Scalars(name)), name
+    for name in ("train/neg_elbo", "train/recon", "train/kl", "train/temperature"):
+        assert name in scalars
