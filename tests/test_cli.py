@@ -22,7 +22,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.models.cases import quiet_trainer_args, synthetic_args
 from zoo.callbacks import TemperatureAnnealing
-from zoo.cli import main
+from zoo.cli import ZooCLI, main
 from zoo.estimators import (
     GumbelSoftmax,
     LeaveOneOutBaseline,
@@ -67,7 +67,7 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
 
 def fit_sbn(*extra: str, max_steps: int = 6):
     args = ["fit", *TINY_SBN, *synthetic_args("halves"), *quiet_trainer_args()]
-    return main(
+    return ZooCLI(
         [*args, f"--trainer.max_steps={max_steps}", "--trainer.log_every_n_steps=1", *extra]
     )
 
@@ -85,10 +85,15 @@ def test_class_name_shorthand_swaps_the_estimator() -> None:
         "--model.estimator.num_samples=4",
         "--model.estimator.baseline=LeaveOneOutBaseline",
     ]
-    estimator = main(args, run=False).model.estimator
+    estimator = ZooCLI(args, run=False).model.estimator
     assert type(estimator) is Reinforce
     assert estimator.num_samples == 4
     assert type(estimator.baseline) is LeaveOneOutBaseline
+
+
+def test_main_returns_nothing_so_it_can_be_a_console_script(in_tmp) -> None:
+    args = ["fit", *TINY_VAE, "--model.estimator=StraightThrough", *synthetic_args()]
+    assert main([*args, *quiet_trainer_args(), "--trainer.fast_dev_run=1"]) is None
 
 
 def test_train_py_runs_as_a_script(in_tmp) -> None:
@@ -120,7 +125,7 @@ def test_fit_checkpoint_test_round_trip_rebuilds_the_estimators(in_tmp) -> None:
 
     # A different estimator on the command line: the checkpoint's own config wins.
     args = ["test", "--model=BernoulliSBN", "--model.estimator=StraightThrough"]
-    tested = main(
+    tested = ZooCLI(
         [*args, *synthetic_args("halves"), *quiet_trainer_args(), "--ckpt_path", str(ckpt)]
     )
     model = tested.model
@@ -208,15 +213,15 @@ def test_an_interrupted_run_resumes_from_its_exception_checkpoint(in_tmp, ctrl_c
 def test_validate_and_predict_subcommands(in_tmp) -> None:
     fit_sbn(max_steps=2)
     common = [*TINY_SBN, *synthetic_args("halves"), *quiet_trainer_args(), "--ckpt_path", "last"]
-    validated = main(["validate", *common])
+    validated = ZooCLI(["validate", *common])
     assert math.isfinite(float(validated.trainer.callback_metrics["val/nll_bound"]))
-    predicted = main(["predict", *common])
+    predicted = ZooCLI(["predict", *common])
     assert predicted.trainer.predict_loop.predictions  # per-example losses, one tensor a batch
 
 
 def test_tensorboard_shows_the_real_metrics_in_the_hparams_tab(in_tmp) -> None:
     args = ["fit", *TINY_VAE, "--model.estimator=GumbelSoftmax", *synthetic_args()]
-    cli = main(
+    cli = ZooCLI(
         [*args, *quiet_trainer_args(), "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1"]
     )
     main(

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.models.cases import quiet_trainer_args, synthetic_args
 from zoo.callbacks import SampleImages, TemperatureAnnealing
-from zoo.cli import main
+from zoo.cli import ZooCLI, main
 from zoo.data import MNISTDataModule
 from zoo.estimators import (
     GumbelSoftmax,
@@ -112,7 +112,7 @@ def test_every_config_prints(path: Path, capsys) -> None:
 def test_every_config_builds_what_its_name_says(path: Path, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     family, latent, estimator = parts(path)
-    cli = main(["--config", str(path)], run=False)
+    cli = ZooCLI(["--config", str(path)], run=False)
     model = cli.model
     assert type(model) is MODEL_CLASSES[family, latent]
     check_estimator(model.estimator, estimator)
@@ -136,7 +136,7 @@ def test_estimator_group_files_swap_in(
 ):
     monkeypatch.chdir(tmp_path)
     config = CONFIGS / f"{experiment}.yaml"
-    cli = main(["--config", str(config), "--model.estimator", str(estimator_file)], run=False)
+    cli = ZooCLI(["--config", str(config), "--model.estimator", str(estimator_file)], run=False)
     check_estimator(cli.model.estimator, estimator_file.stem)
     if experiment.startswith("sbn"):
         check_estimator(cli.model.inner_estimator, estimator_file.stem)
@@ -146,7 +146,7 @@ def test_a_config_runs_end_to_end_on_synthetic_data(tmp_path, monkeypatch) -> No
     monkeypatch.chdir(tmp_path)
     config = CONFIGS / "vae" / "categorical-reinforce-loo.yaml"
     args = ["fit", "--config", str(config), *synthetic_args(dim=784), *quiet_trainer_args()]
-    cli = main([*args, "--trainer.fast_dev_run=2", "--model.hidden_sizes=[16]"])
+    cli = ZooCLI([*args, "--trainer.fast_dev_run=2", "--model.hidden_sizes=[16]"])
     assert float(cli.trainer.callback_metrics["train/neg_elbo"]) > 0
 
 
@@ -156,6 +156,6 @@ def test_every_config_trains_on_mnist(path: Path, shared_data_dir, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ZOO_DATA_DIR", str(shared_data_dir))
     args = ["fit", "--config", str(path), "--data.limit=200", "--trainer.fast_dev_run=2"]
-    cli = main([*args, *quiet_trainer_args()])
+    cli = ZooCLI([*args, *quiet_trainer_args()])
     name = cli.model.objective_name
     assert float(cli.trainer.callback_metrics[f"train/{name}"]) > 0

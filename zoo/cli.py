@@ -147,6 +147,10 @@ def _family(class_path: str) -> str:
     return defined_in.rsplit(".", 1)[-1]
 
 
-def main(args: ArgsType = None, run: bool = True) -> ZooCLI:
-    """Run the zoo's command line; ``args`` as after ``train.py`` (None: ``sys.argv``)."""
-    return ZooCLI(args=args, run=run)
+def main(args: ArgsType = None) -> None:
+    """Run the zoo's command line; ``args`` as after ``train.py`` (None: ``sys.argv``).
+
+    Returns None, so that it can be a console-script entry point; use
+    ``ZooCLI(args)`` to keep the instantiated model, data and trainer.
+    """
+    ZooCLI(args=args)

@@ -158,6 +158,22 @@ def test_vae_objective_and_likelihood_match_enumeration() -> None:
     torch.testing.assert_close(nll_iw_many, nll, atol=0.05, rtol=0)  # seeded
 
 
+def test_importance_sampling_combines_its_chunks_exactly() -> None:
+    model = CategoricalVAE(GumbelSoftmax(), hidden_sizes=(4,), importance_chunk_size=3)
+    drawn: list[int] = []
+
+    def log_weights(q, batch, num_samples):  # log w_i = i for the i-th sample drawn
+        start = sum(drawn)
+        drawn.append(num_samples)
+        return torch.arange(start, start + num_samples, dtype=torch.float64).unsqueeze(1)
+
+    model.log_weights = log_weights
+    result = model.importance_log_likelihood(None, {}, 7)
+    assert drawn == [3, 3, 1]
+    expected = torch.logsumexp(torch.arange(7.0, dtype=torch.float64), 0) - math.log(7)
+    torch.testing.assert_close(result, expected.reshape(1))
+
+
 def test_bernoulli_vae_kl_is_against_the_uniform_prior() -> None:
     model = BernoulliVAE(Exact(), num_variables=3, input_dim=4, hidden_sizes=(4,)).double()
     batch = {"x": binary((2, 4), torch.Generator().manual_seed(0))}
