@@ -15,7 +15,11 @@ Training minimizes the one-sample bound of Jang et al. (m = 1 in the
 importance-sampled objective of Gu et al. 2016), by Jensen an upper bound on
 the negative log-likelihood:
 
-    nll_bound = E_{z1∼p(z1|x)} E_{z2∼p(z2|z1)} [−log p(y | z2)] ≥ −log p(y | x).
+    neg_elbo = E_{z1∼p(z1|x)} E_{z2∼p(z2|z1)} [−log p(y | z2)] ≥ −log p(y | x).
+
+It is the negative ELBO with the model's own p(z | x) as the variational
+distribution (so its KL term is 0), and it is logged under that name, as for
+the VAEs, so the runs of both families share their TensorBoard columns.
 
 The two expectations are two estimators, nested through
 ``Estimate.objective``: the cost of z1 runs the inner estimator on
@@ -67,7 +71,7 @@ class SBN(LatentVariableModel):
         importance_chunk_size: samples per chunk of the importance-sampling loop.
     """
 
-    objective_name = "nll_bound"
+    objective_name = "neg_elbo"
     structure: ClassVar[type[Structure]] = Structure
     """The kind of structure z1 and z2 are."""
 
