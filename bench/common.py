@@ -11,10 +11,11 @@ Method (see /work/shared/reference/perf-baseline.md, "How to read the numbers"):
   than ``busy`` cores is rejected. The result is the median of the accepted
   samples, or of all samples where fewer than 3 were accepted (marked ``*``).
   Slow candidates get fewer samples so that each row stays within a budget.
-* **Peak memory** (`peak_rss_growth`): the call runs once in a fresh
-  spawned process; the growth is the process's peak resident set size
-  (``getrusage`` ``ru_maxrss``) after the call minus its resident set just
-  before it, so torch's allocations (which tracemalloc cannot see) count.
+* **Peak memory** (`peak_rss_growth`): the call runs in a fresh spawned
+  process, once to warm up and once measured; the growth is the peak resident
+  set during the measured call (VmHWM, reset just before it) minus the
+  resident set just before it, so torch's allocations (which tracemalloc
+  cannot see) count and one-time costs do not.
 
 Ratios measured inside one interleaved run are the reliable quantity; the
 machine's absolute speed drifts by up to 2x between runs.
@@ -84,6 +85,7 @@ class Timing:
 
     accepted: list[float] = field(default_factory=list)
     everything: list[float] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)  # others' cores during each sample
     note: str = ""  # why there is no time ("n/a", "OOM", ...)
 
     @property
@@ -98,6 +100,11 @@ class Timing:
     @property
     def samples(self) -> list[float]:
         return self.everything if self.fallback else self.accepted
+
+    @property
+    def load(self) -> float:
+        """Median number of cores other processes used while this candidate was timed."""
+        return statistics.median(self.loads) if self.loads else math.nan
 
     @property
     def median(self) -> float:
@@ -182,8 +189,10 @@ def measure(
             wait_for_quiet(busy, max_wait=quiet_wait)
             start = _cpu_snapshot()
             seconds = _sample(candidates[name], min_time)
+            load = _others_cores(start)
             timing.everything.append(seconds)
-            if _others_cores(start) <= busy:
+            timing.loads.append(load)
+            if load <= busy:
                 timing.accepted.append(seconds)
     return timings
 
@@ -201,41 +210,77 @@ def available_memory() -> int:
     return 0
 
 
-def _current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+# A fixed glibc mmap threshold: blocks of 64 KiB and more are mapped and unmapped
+# one by one, so the resident set follows the live tensors. (By default glibc
+# raises the threshold after the first free of a large block, and the freed
+# warm-up memory would then be reused unseen.)
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
-def _child(setup: Callable[..., Callable[[], Any]], args: tuple, warmup: tuple | None) -> int:
+def _status_bytes(key: str) -> int:
+    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> bool:
+    """Reset the peak resident set (VmHWM) to the current one; False where Linux refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _child(setup: Callable[..., Callable[[], Any]], args: tuple) -> int:
+    import gc
+
     import torch
 
     torch.set_num_threads(2)
-    if warmup is not None:
-        # Lazily loaded kernels, thread pools and allocator arenas are not the call's memory.
-        setup(*warmup)()
-    fn = setup(*args)  # build the inputs first: they are not the call's growth either
-    before = _current_rss()
+    fn = setup(*args)  # the inputs are built first: they are not the call's growth
+    fn()  # warm-up: kernels paged in, thread pools and allocator arenas are one-time costs
+    gc.collect()
+    if _reset_peak():
+        before = _status_bytes("VmRSS")
+        fn()
+        return max(0, _status_bytes("VmHWM") - before)
+    # Without clear_refs the peak so far may stand above this call's: an overestimate.
+    before = _status_bytes("VmRSS")
     fn()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return max(0, peak - before)
 
 
-def peak_rss_growth(
-    setup: Callable[..., Callable[[], Any]], *args: Any, warmup: tuple | None = None
-) -> int:
+def peak_rss_growth(setup: Callable[..., Callable[[], Any]], *args: Any) -> int:
     """Peak RSS growth in bytes of one call, measured in a fresh spawned process.
 
     Args:
         setup: a picklable (module-level) function; ``setup(*args)`` builds the
-            inputs and returns the zero-argument call to measure.
-        warmup: arguments of a first, small ``setup(*warmup)()`` call made before
-            the measurement, so one-time costs (kernels paged in, thread pools)
-            are not counted; it must peak below the measured call.
+            inputs and returns the zero-argument call to measure. The call must
+            leave nothing alive that it allocated (e.g. set ``theta.grad = None``
+            at its end), since it runs twice.
 
-    The growth is ``ru_maxrss`` after the call minus the resident set just
-    before it: exact when the call sets the process's peak, an overestimate
-    (never an underestimate) otherwise.
+    The call runs once to warm up, the peak resident set is reset
+    (``/proc/self/clear_refs``), and the growth is the peak during the second
+    call minus the resident set just before it. Where the reset is refused,
+    ``ru_maxrss`` stands in for the peak (an overestimate). The child runs
+    with a fixed glibc mmap threshold (64 KiB) so that freed blocks leave the
+    resident set and reused ones are counted again.
     """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_child, setup, args, warmup).result()
+    saved = {key: os.environ.get(key) for key in _MALLOC_ENV}
+    os.environ.update(_MALLOC_ENV)  # read by glibc when the child starts
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(_child, setup, args).result()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -20,8 +20,8 @@ more than 23 GiB at (32, 100, 45) and is skipped there. A structure that is
 not importable yet is skipped with the reason.
 
 Peak memory: log Z + gradient of the chain at (8, 128, 32) and (8, 512, 64),
-each in a fresh process (peak RSS growth of the call, after a tiny warm-up
-call so that one-time costs are not counted), for the zoo and, where
+each in a fresh process (peak RSS growth of the call, after a warm-up call so
+that one-time costs are not counted), for the zoo and, where
 a size estimate fits under both half the available memory and
 ``--ts-memory-cap`` (8 GiB: the machine is shared), for torch-struct.
 
@@ -130,11 +130,13 @@ def _ratio(ts: Timing, zoo: Timing) -> float:
 
 
 def _print_rows(rows: list[Row]) -> None:
-    header = ("structure", "size", "op", "torch-struct ms", "zoo ms", "ratio")
-    cells = [
-        (s, size, op, str(ts), str(zoo), f"{_ratio(ts, zoo):.1f}x" if ts.ok and zoo.ok else "-")
-        for s, size, op, ts, zoo in rows
-    ]
+    header = ("structure", "size", "op", "torch-struct ms", "zoo ms", "ratio", "others' load")
+    cells = []
+    for s, size, op, ts, zoo in rows:
+        ratio = f"{_ratio(ts, zoo):.1f}x" if ts.ok and zoo.ok else "-"
+        loads = [t.load for t in (ts, zoo) if t.ok]
+        load = f"{max(loads):.1f} cores" if loads else "-"
+        cells.append((s, size, op, str(ts), str(zoo), ratio, load))
     widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
     line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     print(line)
@@ -208,14 +210,25 @@ def tree_rows(args: Any) -> list[Row]:
 
 # ------------------------------------------------------------------- memory
 def _setup_chain_memory(library: str, size: tuple[int, int, int]) -> Callable[[], None]:
+    """log Z + gradient of the chain for `peak_rss_growth` (module level: it is pickled)."""
     b, n, c = size
     theta = _potentials((b, n - 1, c, c))
     if library == "zoo":
         from zoo.structures import LinearChainCRF
 
-        return lambda: LinearChainCRF(theta).log_partition().sum().backward()
-    ts = _torch_struct()
-    return lambda: _quiet(lambda: ts.LinearChainCRF(theta)).partition.sum().backward()
+        def log_z() -> torch.Tensor:
+            return LinearChainCRF(theta).log_partition()
+    else:
+        ts = _torch_struct()
+
+        def log_z() -> torch.Tensor:
+            return _quiet(lambda: ts.LinearChainCRF(theta)).partition
+
+    def call() -> None:
+        log_z().sum().backward()
+        theta.grad = None  # the call runs twice (warm-up first): leave nothing behind
+
+    return call
 
 
 def _torch_struct_chain_bytes(size: tuple[int, int, int]) -> float:
@@ -235,14 +248,11 @@ def memory_rows(args: Any) -> tuple[list[tuple[str, str]], int]:
     start = time.perf_counter()
     sizes = [QUICK_MEMORY] if args.quick else [QUICK_MEMORY, MEMORY_SIZE]
     for size in sizes:
-        warm = (2, 3, 4)
-        measured = {"zoo": peak_rss_growth(_setup_chain_memory, "zoo", size, warmup=("zoo", warm))}
+        measured = {"zoo": peak_rss_growth(_setup_chain_memory, "zoo", size)}
         need, free = _torch_struct_chain_bytes(size), available_memory()
         cap = min(0.5 * free, args.ts_memory_cap * GIB)
         if need < cap:
-            measured["torch-struct"] = peak_rss_growth(
-                _setup_chain_memory, "torch-struct", size, warmup=("torch-struct", warm)
-            )
+            measured["torch-struct"] = peak_rss_growth(_setup_chain_memory, "torch-struct", size)
             text = f"{measured['torch-struct'] / GIB:.3f} GiB"
         else:
             text = (
@@ -312,7 +322,8 @@ def main() -> None:
     ts_version = getattr(_torch_struct(), "__version__", "0.5")
     print(
         f"torch {torch.__version__}, torch-struct {ts_version}, {torch.get_num_threads()} threads, "
-        f"float32, times in ms: median* [min–max] (* = fewer than 3 quiet samples, all used)"
+        f"float32, times in ms: median* [min–max] (* = fewer than 3 quiet samples, all used); "
+        f"others' load: median cores used by other processes while timing (≤ 0.3 is quiet)"
     )
     start = time.perf_counter()
     rows: list[Row] = []
