@@ -91,9 +91,11 @@ def test_class_name_shorthand_swaps_the_estimator() -> None:
     assert type(estimator.baseline) is LeaveOneOutBaseline
 
 
-def test_main_returns_nothing_so_it_can_be_a_console_script(in_tmp) -> None:
+def test_main_returns_nothing_after_a_run_so_it_can_be_a_console_script(in_tmp) -> None:
     args = ["fit", *TINY_VAE, "--model.estimator=StraightThrough", *synthetic_args()]
     assert main([*args, *quiet_trainer_args(), "--trainer.fast_dev_run=1"]) is None
+    cli = main(["--config", VAE_CONFIG], run=False)
+    assert type(cli.model.estimator) is GumbelSoftmax
 
 
 def test_train_py_runs_as_a_script(in_tmp) -> None:

@@ -147,10 +147,18 @@ def _family(class_path: str) -> str:
     return defined_in.rsplit(".", 1)[-1]
 
 
-def main(args: ArgsType = None) -> None:
+def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
     """Run the zoo's command line; ``args`` as after ``train.py`` (None: ``sys.argv``).
 
-    Returns None, so that it can be a console-script entry point; use
-    ``ZooCLI(args)`` to keep the instantiated model, data and trainer.
+    Args:
+        args: the command-line arguments; None reads ``sys.argv``.
+        run: run the subcommand; False parses and instantiates only (no subcommand).
+
+    Returns:
+        None after running a subcommand (so that ``main`` can be a console-script
+        entry point, whose return value becomes the exit status); the `ZooCLI`,
+        with its model, datamodule and trainer, when ``run`` is False. Use
+        ``ZooCLI(args)`` to keep them after a run.
     """
-    ZooCLI(args=args)
+    cli = ZooCLI(args=args, run=run)
+    return None if run else cli
