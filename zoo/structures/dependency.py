@@ -25,22 +25,26 @@ backward pass), after Goodman (1999) and torch-struct.
 `NonProjectiveDependencyCRF`: all spanning arborescences rooted at ROOT.
 A(θ) by the matrix-tree theorem (Koo et al. 2007, "Structured prediction
 models via the matrix-tree theorem"; McDonald & Satta 2007; Smith & Smith
-2007), A = log det L̂(θ) for the (root-augmented, or for a single root
-first-row-replaced) Laplacian L̂, marginals by its derivative. The
-determinant is taken in float64 after a per-word shift of θ (every word has
-exactly one head, so subtracting c_m from column m shifts every tree's score
-by Σ c_m); where that matrix is too close to singular (potentials of large
-magnitude whose best heads form cycles), A is computed instead by Gaussian
-elimination of the Laplacian in log space, which for these diagonally
-dominant M-matrices needs only sums of positive terms (the GTH-style
-elimination of Grassmann, Taksar & Heyman 1985) and so is exact at any scale.
-The MAP tree is the maximum spanning arborescence of Chu & Liu (1965) and
-Edmonds (1967), batched, with every cycle of a round contracted at once; the
-single-root constraint is exact by penalizing ROOT arcs by more than any two
-trees' scores can differ (Gabow & Tarjan 1984; Zmigrod et al. 2020). Samples
-are drawn word by word: each word's head from its marginal given the heads
-already drawn (exact, since every word has exactly one head), with
-Sherman–Morrison updates of the inverse Laplacian, O(N³) per sample.
+2007), A = log det L̂(θ) for the root-augmented Laplacian L̂ (or, for a single
+root, the Laplacian with its first row replaced by the ROOT weights), and the
+marginals in closed form from L̂⁻¹: one float64 LU serves both. The
+determinant is taken after a per-word shift of θ (every word has exactly one
+head, so subtracting c_m from column m shifts every tree's score by Σ c_m).
+Where the shifted matrix is too close to singular (log det < -11: potentials
+of large magnitude whose best heads form cycles), A and the marginals come
+instead from Gaussian elimination of the Laplacian in log space, which for
+these diagonally dominant M-matrices needs only sums of positive terms (as in
+the elimination of Grassmann, Taksar & Heyman 1985) and so is exact at any
+scale. The MAP tree is the maximum spanning arborescence of Chu & Liu (1965)
+and Edmonds (1967), batched, with every cycle of a round contracted at once;
+the single-root constraint is exact by penalizing ROOT arcs by more than any
+two trees' scores can differ (the standard reduction; Gabow & Tarjan 1984,
+Zmigrod et al. 2020 give asymptotically faster ones). Samples are drawn word
+by word: each word's head from its marginal given the heads already drawn
+(exact, since every word has exactly one head), with Sherman–Morrison
+updates of L̂⁻¹, O(N³) per sample.
+
+θ = -inf forbids an arc (or span); forbidden parts get no mass and no NaN.
 """
 
 from __future__ import annotations
@@ -48,21 +52,22 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.structures.base import Structure, _as_size
+from zoo.structures.noise import gumbel_noise
 from zoo.structures.tree import (
     Reduce,
     _at_lengths,
     _chart_indicator,
+    _chart_samples,
     _clamp_forbidden,
     _logsumexp,
     _max,
-    _sampled_logsumexp,
     _work_dtype,
 )
 
@@ -104,7 +109,8 @@ class _Dependency(Structure):
     """Shared layout, flags, masks and enumeration of the two dependency structures."""
 
     event_dim = 2
-    _projective: bool = True
+    _projective: ClassVar[bool] = True
+    """Whether the support is the projective trees only (a trait of the class, not a flag)."""
 
     def __init__(
         self,
@@ -269,11 +275,8 @@ class DependencyCRF(_Dependency):
     @torch.no_grad()
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
         shape = _as_size(sample_shape)
-        num = max(shape.numel(), 1)
         theta, lengths = self._flat()
-        many = theta.expand(num, *theta.shape).reshape(-1, *theta.shape[1:])  # (S·B, N, N)
-        many_lengths = None if lengths is None else lengths.repeat(num)
-        z = _chart_indicator(lambda t: self._inside(t, many_lengths, _sampled_logsumexp), many)
+        z = _chart_samples(self._inside, theta, lengths, shape.numel())
         return z.to(theta.dtype).reshape(*shape, *self.batch_shape, *self.event_shape)
 
 
@@ -834,6 +837,4 @@ class NonProjectiveDependencyCRF(_Dependency):
 
 
 def _gumbel_like(x: Tensor) -> Tensor:
-    from zoo.structures.noise import gumbel_noise
-
     return gumbel_noise(x.shape, dtype=x.dtype, device=x.device)

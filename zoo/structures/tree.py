@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from zoo.structures.base import Structure, _as_size
-from zoo.structures.noise import gumbel_noise
+from zoo.structures.noise import safe_uniform
 
 __all__ = ["TreeCRF"]
 
@@ -60,32 +60,49 @@ def _max(x: Tensor, dim: int) -> Tensor:
     return x.max(dim).values
 
 
-class _SampledLogsumexp(torch.autograd.Function):
-    """logsumexp forward; backward routes the whole gradient to one term, drawn ∝ exp(x).
+_SAMPLES_PER_PASS = 16
+"""Samples drawn by one pass of the chart: their bits 2^0..2^15 add up exactly in float32."""
 
-    Differentiating an inside pass built from this reduction walks the chart
-    top-down and picks, at every item the sample uses, one way to build it
-    with its posterior probability: an exact sample of the structure.
+
+class _SampledLogsumexp(torch.autograd.Function):
+    """logsumexp forward; backward draws, for every sample, one term ∝ exp(x).
+
+    The gradient reaching an item is a bitmask: bit k is set when sample k
+    uses the item (as torch-struct's MultiSampledSemiring does). Backward
+    draws, independently for every sample and item, which term builds the
+    item, and sends bit k down to that term. Differentiating an inside pass
+    built from this reduction therefore walks the chart top-down once and
+    draws S exact samples at the cost of one backward pass.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, dim: int) -> Tensor:
-        ctx.dim = dim
-        ctx.save_for_backward(x)
-        return torch.logsumexp(x, dim)
+    def forward(ctx: Any, x: Tensor, samples: int) -> Tensor:
+        out = torch.logsumexp(x, -1)
+        ctx.samples = samples
+        ctx.save_for_backward(x, out)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (x,) = ctx.saved_tensors
-        # Gumbel-max: argmax(x + G) is a draw from softmax(x); x is finite
-        # (see `_clamp_forbidden`), so no NaN can arise.
-        choice = (x + gumbel_noise(x.shape, dtype=x.dtype, device=x.device)).argmax(ctx.dim)
-        one_hot = torch.zeros_like(x).scatter_(ctx.dim, choice.unsqueeze(ctx.dim), 1.0)
-        return one_hot * grad.unsqueeze(ctx.dim), None
+        x, out = ctx.saved_tensors
+        # Inverse-CDF draws: x is finite (see `_clamp_forbidden`), the CDF rises
+        # from 0 to about 1, and u lies in (0, CDF[-1]].
+        cdf = (x - out.unsqueeze(-1)).exp().cumsum(-1)
+        u = safe_uniform((*out.shape, ctx.samples), x.dtype, x.device) * cdf[..., -1:]
+        choice = torch.searchsorted(cdf, u).clamp_(max=x.shape[-1] - 1)  # (..., S)
+        bit = 2 ** torch.arange(ctx.samples, device=x.device)
+        used = (grad.to(torch.long).unsqueeze(-1) & bit) != 0  # (..., S): sample k uses the item
+        weight = torch.where(used, bit.to(x.dtype), 0.0)
+        return torch.zeros_like(x).scatter_add_(-1, choice, weight), None
 
 
-def _sampled_logsumexp(x: Tensor, dim: int) -> Tensor:
-    return _SampledLogsumexp.apply(x, dim)
+def _sampled_logsumexp(samples: int) -> Reduce:
+    """The reduction whose backward pass draws ``samples`` (≤ 16) samples at once."""
+
+    def reduce(x: Tensor, dim: int) -> Tensor:
+        return _SampledLogsumexp.apply(x.movedim(dim, -1), samples)
+
+    return reduce
 
 
 def _clamp_forbidden(theta: Tensor, size: int) -> Tensor:
@@ -106,18 +123,54 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _chart_indicator(program: Callable[[Tensor], Tensor], theta: Tensor) -> Tensor:
-    """∂ program(θ).sum() / ∂θ on a detached copy of θ, in any grad mode.
+def _chart_indicator(
+    program: Callable[[Tensor], Tensor], theta: Tensor, seed: float = 1.0
+) -> Tensor:
+    """∂ program(θ) / ∂θ (seeded with ``seed`` per batch element) on a detached copy of θ.
 
     With a max reduction this is the MAP indicator, with the sampled
-    logsumexp an exact sample. Works under ``torch.no_grad`` and
-    ``torch.inference_mode`` (the copy is made outside inference mode); the
-    result carries no gradient.
+    logsumexp a bitmask of samples (``seed`` = 2^S - 1 starts all S of them).
+    Works in any grad mode, ``torch.no_grad`` and ``torch.inference_mode``
+    included (the copy is made outside inference mode); the result carries
+    no gradient.
     """
     with torch.inference_mode(False), torch.enable_grad():
         leaf = theta.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(program(leaf).sum(), leaf)
+        value = program(leaf)
+        (grad,) = torch.autograd.grad(value, leaf, torch.full_like(value, seed))
     return grad.detach()
+
+
+def _chart_samples(
+    inside: Callable[[Tensor, Tensor | None, Reduce], Tensor],
+    theta: Tensor,
+    lengths: Tensor | None,
+    num: int,
+) -> Tensor:
+    """``num`` exact samples ``(num, *theta.shape)`` from an inside program.
+
+    Sixteen samples ride on the bits of one backward pass; more samples take
+    ⌈num / 16⌉ copies of θ stacked along the batch, still one pass.
+
+    Args:
+        inside: ``inside(θ, lengths, reduce)``, the inside value ``(B,)``.
+        theta: ``(B, *event)`` potentials.
+        lengths: ``(B,)`` or None.
+        num: how many samples.
+    """
+    theta = theta.detach().to(_work_dtype(theta.dtype))  # bits must add up exactly
+    if num == 0:
+        return theta.new_zeros(0, *theta.shape)
+    per = min(num, _SAMPLES_PER_PASS)
+    copies = -(-num // per)
+    many = theta.expand(copies, *theta.shape).reshape(-1, *theta.shape[1:])  # (copies·B, ...)
+    many_lengths = None if lengths is None else lengths.repeat(copies)
+    reduce = _sampled_logsumexp(per)
+    bits = _chart_indicator(lambda t: inside(t, many_lengths, reduce), many, float(2**per - 1))
+    bit = 2 ** torch.arange(per, device=theta.device).view(-1, *([1] * many.dim()))
+    z = ((bits.to(torch.long).unsqueeze(0) & bit) != 0).to(theta.dtype)  # (per, copies·B, ...)
+    z = z.reshape(per, copies, *theta.shape).transpose(0, 1).reshape(-1, *theta.shape)
+    return z[:num]
 
 
 def _at_lengths(chart: Tensor, lengths: Tensor | None) -> Tensor:
@@ -258,12 +311,9 @@ class TreeCRF(Structure):
     @torch.no_grad()
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
         shape = _as_size(sample_shape)
-        num = max(int(torch.Size(shape).numel()), 1)
         theta, lengths = self._flat()
-        many = theta.expand(num, *theta.shape).reshape(-1, *theta.shape[1:])  # (S·B, N, N, L)
-        many_lengths = None if lengths is None else lengths.repeat(num)
-        z = _chart_indicator(lambda t: self._inside(t, many_lengths, _sampled_logsumexp), many)
-        return z.reshape(*shape, *self.batch_shape, *self.event_shape)
+        z = _chart_samples(self._inside, theta, lengths, shape.numel())
+        return z.to(theta.dtype).reshape(*shape, *self.batch_shape, *self.event_shape)
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         n_words, labels = self.max_length, self.log_potentials.shape[-1]
