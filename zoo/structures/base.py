@@ -222,7 +222,7 @@ class Structure(Distribution):
 
     def _unflat(self, x: Tensor) -> Tensor:
         """Undo `_flat` on the leading dimension of ``x``: ``(B, ...)`` → ``(*batch, ...)``."""
-        return x.reshape(*self.batch_shape, *x.shape[1:])
+        return x.reshape(self.batch_shape + x.shape[1:])
 
     # ---------------------------------------------------------- exact oracles
     def log_partition(self) -> Tensor:
