@@ -1,0 +1,634 @@
+"""Cost of one `CategoricalVAE` training step: Lightning against a bare PyTorch loop,
+and REINFORCE with S samples against one sample.
+
+Model: the default `CategoricalVAE` (encoder 784-512-256-(20×10), decoder
+200-256-512-784, uniform prior, analytic KL), batch 100, the optimizer its own
+``configure_optimizers`` returns (fused Adam). Data: a fixed uint8 tensor of
+binary images (the first rows of fixed-binarized MNIST when found under
+``--data-dir`` / ``$ZOO_DATA_DIR``, else random bits) in the project's own
+`BinaryImageDataset`, read through one ``DataLoader(batch_size=100)`` type by
+every loop, so every loop sees the same batches.
+
+Loops (one fresh model per trial, same seed):
+
+* ``bare``: ``loss = model(batch).mean()``, ``zero_grad``, ``backward``,
+  ``opt.step()``, ``loss.item()``, the same loss computation as the model's
+  ``training_step`` (``forward`` is the per-example loss of ``_step``).
+* ``lightning (bare config)``: ``Trainer.fit`` with no logger, no checkpointing,
+  no progress bar, no model summary (``log_every_n_steps`` stays 50).
+* ``lightning (default logging)``: what ``configs/vae/*.yaml`` runs: TensorBoard
+  logger, ``ModelCheckpoint(save_last=True)``, progress bar (to /dev/null),
+  model summary, ``TemperatureAnnealing``, ``log_every_n_steps=50``.
+* REINFORCE (bare loop) with S = 1 (EMA baseline), 4 and 16 (leave-one-out).
+
+Timing: a timestamp at the start of every step (after the batch is fetched,
+where Lightning calls ``on_train_batch_start``); a trial's cost is the mean
+step time from step ``--warmup`` to its last step (so the every-50-steps
+logging is paid for, not hidden by a median); a trial runs ``--steps`` steps
+or ends after ``--trial-seconds``. Next to wall time, the process's CPU time
+per step: with ``--threads 1`` it is the work itself, which the time slices
+other processes take on a shared machine do not inflate. Candidates are interleaved round-robin
+over ``--trials`` rounds; before each trial the script waits (at most a few
+seconds) for other processes to go quiet, and a trial during which other
+processes used more than ``--busy`` cores is rejected. Reported: the median of
+the accepted trials (all trials where fewer than 3 were accepted, marked *),
+and for Lightning the median of the per-round paired ratios. The CPU is
+shared: read ratios, not absolute times.
+
+``--profile`` adds where Lightning's time goes: CPU time per step of a tiny
+model (its arithmetic negligible) under each Trainer configuration, and a
+cProfile of the Lightning step.
+
+Run: python bench/vae_step.py [--threads 2] [--trials 7] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import logging
+import math
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import _cpu_snapshot, _others_cores, wait_for_quiet  # noqa: E402
+from zoo.data.base import BinaryImageDataset, collate_batch, resolve_data_dir  # noqa: E402
+from zoo.estimators import (  # noqa: E402
+    Estimator,
+    GumbelSoftmax,
+    LeaveOneOutBaseline,
+    MovingAverageBaseline,
+    Reinforce,
+)
+from zoo.models import CategoricalVAE  # noqa: E402
+
+BATCH = 100
+LIGHTNING_TARGET = 0.05  # overhead ≤ 5 %
+REINFORCE_SLOPE = 0.3  # cost(S) ≤ (1 + 0.3 S) × cost(1)
+TRIAL_CAP = {"seconds": float("inf"), "min_steps": 50}
+"""A trial ends after ``--trial-seconds`` once it has ``min_steps`` steps (set in `main`)."""
+QUIET_BARE_MS = 8.82  # bare-loop VAE step on a quiet machine, 2 threads (perf-baseline.md §4)
+
+
+# ----------------------------------------------------------------------- data
+def load_images(rows: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
+    """``(rows, 784)`` uint8 0/1 images: fixed-binarized MNIST if found, else random bits."""
+    path = resolve_data_dir(data_dir) / "binarized_mnist" / "binarized_mnist.npz"
+    if path.is_file():
+        import numpy as np
+
+        with np.load(path) as archive:
+            train = archive["train"]
+        if train.shape[0] >= rows:
+            return torch.from_numpy(train[:rows].astype("uint8")), f"fixed-binarized MNIST ({path})"
+    g = torch.Generator().manual_seed(0)
+    bits = (torch.rand(rows, 784, generator=g) < 0.13).to(torch.uint8)
+    return bits, "random bits (fixed-binarized MNIST not found)"
+
+
+def make_loader(images: torch.Tensor) -> DataLoader:
+    return DataLoader(
+        BinaryImageDataset(images), batch_size=BATCH, shuffle=False, collate_fn=collate_batch
+    )
+
+
+# --------------------------------------------------------------------- models
+def make_model(estimator: Callable[[], Estimator]) -> CategoricalVAE:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CategoricalVAE(estimator(), num_importance_samples=0)
+
+
+ESTIMATORS: dict[str, Callable[[], Estimator]] = {
+    "gumbel": lambda: GumbelSoftmax(temperature=1.0),
+    "reinforce S=1 (EMA)": lambda: Reinforce(1, baseline=MovingAverageBaseline()),
+    "reinforce S=4 (LOO)": lambda: Reinforce(4, baseline=LeaveOneOutBaseline()),
+    "reinforce S=16 (LOO)": lambda: Reinforce(16, baseline=LeaveOneOutBaseline()),
+}
+
+
+class PlainVAE(torch.nn.Module):
+    """The same network in plain PyTorch: ``F.gumbel_softmax`` and the closed-form KL.
+
+    A reference for the cost of the zoo's abstractions (`Structure`, `Estimator`,
+    `LatentVariableModel`) on the same shapes; not part of the zoo.
+    """
+
+    def __init__(self, num_variables: int = 20, num_classes: int = 10) -> None:
+        super().__init__()
+        from zoo.models import MLP
+
+        self.shape = (num_variables, num_classes)
+        self.encoder = MLP(784, (512, 256), num_variables * num_classes)
+        self.decoder = MLP(num_variables * num_classes, (256, 512), 784)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = batch["x"]
+        logits = self.encoder(x).unflatten(-1, self.shape)  # (B, N, K)
+        z = torch.nn.functional.gumbel_softmax(logits, tau=1.0)
+        recon = torch.nn.functional.binary_cross_entropy_with_logits(
+            self.decoder(z.flatten(-2)), x, reduction="none"
+        ).sum(-1)
+        log_q = logits.log_softmax(-1)
+        kl = (log_q.exp() * (log_q + math.log(self.shape[1]))).sum((-2, -1))
+        return recon + kl
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3, fused=True)
+
+
+# ---------------------------------------------------------------------- loops
+Stamps = list[tuple[float, float]]
+"""(wall, process CPU) seconds at the start of every step."""
+
+
+def _stamp() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def mean_step(stamps: Stamps, warmup: int, cpu: bool = False) -> float:
+    """Mean seconds (wall, or CPU of the process) per step from step ``warmup`` to the last."""
+    window = [s[1 if cpu else 0] for s in stamps[warmup:]]
+    return (window[-1] - window[0]) / (len(window) - 1)
+
+
+def bare_loop(
+    estimator: str, loader: DataLoader, steps: int, model: torch.nn.Module | None = None
+) -> Stamps:
+    if model is None:
+        model = PlainVAE() if estimator == "plain" else make_model(ESTIMATORS[estimator])
+    model.train()
+    optimizer = model.configure_optimizers()
+    stamps: Stamps = []
+    batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
+    for _ in range(steps):
+        batch = next(batches)
+        stamps.append(_stamp())
+        if _time_is_up(stamps):
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(batch).mean()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+    return stamps
+
+
+def _time_is_up(stamps: Stamps) -> bool:
+    return (
+        len(stamps) >= TRIAL_CAP["min_steps"]
+        and stamps[-1][0] - stamps[0][0] > TRIAL_CAP["seconds"]
+    )
+
+
+class StepStamps(L.Callback):
+    """Timestamps every ``on_train_batch_start``; stops the fit when the trial's time is up."""
+
+    def __init__(self) -> None:
+        self.stamps: Stamps = []
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.stamps.append(_stamp())
+        if _time_is_up(self.stamps):
+            trainer.should_stop = True
+
+
+def lightning_loop(
+    config: str,
+    loader: DataLoader,
+    steps: int,
+    model: L.LightningModule | None = None,
+    log_every_n_steps: int = 50,
+    progress_bar: int | None = None,
+) -> Stamps:
+    """``Trainer.fit`` for ``steps`` steps; ``config`` is ``"bare"`` or ``"default"``.
+
+    ``progress_bar``: the default config's refresh rate (Lightning's default: every step);
+    0 turns the bar off.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from zoo.callbacks import TemperatureAnnealing
+
+    model = make_model(ESTIMATORS["gumbel"]) if model is None else model
+    stamps = StepStamps()
+    common = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": steps,
+        "max_epochs": 1,
+        "log_every_n_steps": log_every_n_steps,
+    }
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if config == "bare":
+            trainer = L.Trainer(
+                **common,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                callbacks=[stamps],
+            )
+        else:
+            callbacks: list[L.Callback] = [
+                stamps,
+                ModelCheckpoint(dirpath=tmp, save_last=True),
+                TemperatureAnnealing(rate=1e-4, min_temperature=0.5, every_n_steps=500),
+            ]
+            if progress_bar:
+                callbacks.append(TQDMProgressBar(refresh_rate=progress_bar))
+            trainer = L.Trainer(
+                **common,
+                logger=TensorBoardLogger(tmp, name="bench", default_hp_metric=False),
+                enable_progress_bar=progress_bar != 0,
+                callbacks=callbacks,
+            )
+        sink = open(os.devnull, "w")  # noqa: SIM115  (the progress bar and summary)
+        with sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+            trainer.fit(model, train_dataloaders=loader)
+    return stamps.stamps
+
+
+# ------------------------------------------------------------------ reporting
+def summarize(samples: list[tuple[float, bool]]) -> dict[str, Any]:
+    accepted = [t for t, ok in samples if ok]
+    use = accepted if len(accepted) >= 3 else [t for t, _ in samples]
+    return {
+        "median_ms": 1e3 * statistics.median(use),
+        "min_ms": 1e3 * min(use),
+        "max_ms": 1e3 * max(use),
+        "accepted": len(accepted),
+        "trials": len(samples),
+        "all_trials_used": len(accepted) < 3,
+    }
+
+
+def fmt(s: dict[str, Any]) -> str:
+    star = "*" if s["all_trials_used"] else ""
+    return f"{s['median_ms']:.2f}{star} ({s['min_ms']:.2f}–{s['max_ms']:.2f})"
+
+
+# ------------------------------------------------- where Lightning's time goes
+TINY_DIM = 8
+
+
+class ManualOptimizationVAE(CategoricalVAE):
+    """`CategoricalVAE` with manual optimization: what the step costs without Lightning's closure.
+
+    A sketch of a possible patch to `LatentVariableModel`, measured by ``--profile``.
+    """
+
+    def __init__(
+        self,
+        estimator: Estimator,
+        num_variables: int = 20,
+        num_classes: int = 10,
+        input_dim: int = 784,
+        hidden_sizes: tuple[int, ...] = (512, 256),
+        num_importance_samples: int = 0,
+    ) -> None:
+        super().__init__(
+            estimator,
+            num_variables=num_variables,
+            num_classes=num_classes,
+            input_dim=input_dim,
+            hidden_sizes=hidden_sizes,
+            num_importance_samples=num_importance_samples,
+        )
+        self.automatic_optimization = False
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        loss = self._step(batch, "train")
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+def tiny_vae(manual: bool = False) -> CategoricalVAE:
+    """A VAE whose arithmetic costs next to nothing: its step time is Python overhead."""
+    torch.manual_seed(0)
+    cls = ManualOptimizationVAE if manual else CategoricalVAE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(
+            GumbelSoftmax(),
+            num_variables=1,
+            num_classes=2,
+            input_dim=TINY_DIM,
+            hidden_sizes=(4,),
+            num_importance_samples=0,
+        )
+
+
+def overhead_breakdown(steps: int, warmup: int, trials: int, vae_step_ms: float) -> dict:
+    """CPU time per step of tiny-model loops: Lightning's fixed cost, config by config.
+
+    One torch thread, so the process's CPU time is its work (no OpenMP spin-waiting) and
+    the time slices other processes take do not count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    loader = make_loader((torch.rand(steps * BATCH, TINY_DIM, generator=g) < 0.5).to(torch.uint8))
+    variants: dict[str, Callable[[], Stamps]] = {
+        "bare PyTorch loop": lambda: bare_loop("gumbel", loader, steps, model=tiny_vae()),
+        "Lightning, bare config (log_every_n_steps=50)": lambda: lightning_loop(
+            "bare", loader, steps, model=tiny_vae()
+        ),
+        "Lightning, bare config, no training logs": lambda: lightning_loop(
+            "bare", loader, steps, model=tiny_vae(), log_every_n_steps=10**9
+        ),
+        "Lightning, bare config, logs every step": lambda: lightning_loop(
+            "bare", loader, steps, model=tiny_vae(), log_every_n_steps=1
+        ),
+        "Lightning, default logging (log_every_n_steps=50)": lambda: lightning_loop(
+            "default", loader, steps, model=tiny_vae()
+        ),
+        "Lightning, default logging, no progress bar": lambda: lightning_loop(
+            "default", loader, steps, model=tiny_vae(), progress_bar=0
+        ),
+        "Lightning, default logging, progress bar refreshed every 50 steps": lambda: lightning_loop(
+            "default", loader, steps, model=tiny_vae(), progress_bar=50
+        ),
+        "Lightning, default logging, logs every step": lambda: lightning_loop(
+            "default", loader, steps, model=tiny_vae(), log_every_n_steps=1
+        ),
+        "Lightning, bare config, manual optimization (sketch)": lambda: lightning_loop(
+            "bare", loader, steps, model=tiny_vae(manual=True)
+        ),
+        "Lightning, default logging, manual optimization (sketch)": lambda: lightning_loop(
+            "default", loader, steps, model=tiny_vae(manual=True)
+        ),
+    }
+    for run in variants.values():
+        run()
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(trials):
+        for name, run in variants.items():
+            cpu[name].append(mean_step(run(), warmup, cpu=True))
+    torch.set_num_threads(threads)
+    base = statistics.median(cpu["bare PyTorch loop"])
+    print(
+        f"\n### Where Lightning's time goes: CPU time per step of a tiny CategoricalVAE "
+        f"(8 pixels, 1×2 latent; its arithmetic is negligible, so this is Python overhead), "
+        f"{steps} steps, median of {trials} interleaved trials\n"
+    )
+    print(
+        f"| loop | CPU µs/step | overhead vs bare, µs/step "
+        f"| as % of the bare VAE step measured above ({vae_step_ms:.2f} ms) "
+        f"| as % of the quiet-machine bare step ({QUIET_BARE_MS} ms, perf-baseline §4) |"
+    )
+    print("|---|---|---|---|---|")
+    out = {}
+    for name, values in cpu.items():
+        med = statistics.median(values)
+        extra = med - base
+        if name.startswith("bare"):
+            print(f"| {name} | {1e6 * med:.0f} | — | — | — |")
+        else:
+            print(
+                f"| {name} | {1e6 * med:.0f} | {1e6 * extra:+.0f} "
+                f"| {100 * extra / (1e-3 * vae_step_ms):+.1f} % "
+                f"| {100 * extra / (1e-3 * QUIET_BARE_MS):+.1f} % |"
+            )
+        out[name] = {"cpu_us": 1e6 * med, "overhead_us": 1e6 * extra, "samples": values}
+
+    # Which Lightning functions the bare-config step spends its time in.
+    torch.set_num_threads(1)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    lightning_loop("bare", loader, steps, model=tiny_vae())
+    profiler.disable()
+    torch.set_num_threads(threads)
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    rows = []
+    for (path, line, func), (_, ncalls, tottime, cumtime, _) in stats.items():
+        if ("lightning" in path or "/zoo/" in path) and ncalls >= steps:
+            short = path.split("site-packages/")[-1].split("/work/main/")[-1]
+            rows.append((cumtime, tottime, ncalls, f"{short}:{line}({func})"))
+    rows.sort(reverse=True)
+    print(
+        "\ncProfile of the bare-config Lightning fit of the tiny model: functions called at "
+        "least once per step, by cumulative time (cProfile inflates Python calls, so read "
+        "the shares, not the µs)\n"
+    )
+    print("| function | calls/step | cumulative µs/step | own µs/step |")
+    print("|---|---|---|---|")
+    for cumtime, tottime, ncalls, name in rows[:30]:
+        print(
+            f"| `{name}` | {ncalls / steps:.0f} | {1e6 * cumtime / steps:.0f} "
+            f"| {1e6 * tottime / steps:.0f} |"
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="steps per trial")
+    parser.add_argument("--warmup", type=int, default=20, help="steps left out of each trial")
+    parser.add_argument("--trials", type=int, default=7, help="interleaved rounds")
+    parser.add_argument(
+        "--trial-seconds",
+        type=float,
+        default=8.0,
+        help="end a trial after this long (once it has --warmup + 30 steps)",
+    )
+    parser.add_argument("--busy", type=float, default=0.3, help="reject above this many cores")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--data-dir", default=None, help="dataset root (default $ZOO_DATA_DIR)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also break Lightning's overhead down (tiny model)"
+    )
+    parser.add_argument(
+        "--profile-steps", type=int, default=1000, help="steps per tiny-model trial"
+    )
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vae_step.json"))
+    args = parser.parse_args()
+    if args.steps <= args.warmup + 1:
+        parser.error("--steps must exceed --warmup + 1")
+
+    TRIAL_CAP.update(seconds=args.trial_seconds, min_steps=args.warmup + 30)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    images, source = load_images(args.steps * BATCH, args.data_dir)
+    loader = make_loader(images)
+
+    candidates: dict[str, Callable[[], Stamps]] = {
+        "bare PyTorch loop": lambda: bare_loop("gumbel", loader, args.steps),
+        "Lightning, bare config": lambda: lightning_loop("bare", loader, args.steps),
+        "Lightning, default logging": lambda: lightning_loop("default", loader, args.steps),
+        "plain PyTorch VAE (not zoo)": lambda: bare_loop("plain", loader, args.steps),
+    }
+    for name in ESTIMATORS:
+        if name.startswith("reinforce"):
+            candidates[name] = lambda name=name: bare_loop(name, loader, args.steps)
+
+    # Warm-up: one short run of each (imports, allocator, oneDNN primitives).
+    seconds = TRIAL_CAP["seconds"]
+    TRIAL_CAP["seconds"] = 0.0
+    for run in candidates.values():
+        run()
+    TRIAL_CAP["seconds"] = seconds
+
+    samples: dict[str, list[tuple[float, bool]]] = {name: [] for name in candidates}
+    cpu: dict[str, list[float]] = {name: [] for name in candidates}
+    loads: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_ in range(args.trials):
+        for name, run in candidates.items():
+            wait_for_quiet(args.busy, max_wait=8.0, window=0.25)
+            start = _cpu_snapshot()
+            stamps = run()
+            load = _others_cores(start)
+            samples[name].append((mean_step(stamps, args.warmup), load <= args.busy))
+            cpu[name].append(mean_step(stamps, args.warmup, cpu=True))
+            loads[name].append(load)
+            print(
+                f"round {round_ + 1}/{args.trials}: {name}: {len(stamps)} steps, "
+                f"{1e3 * samples[name][-1][0]:.2f} ms/step, others {load:.2f} cores",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    stats = {name: summarize(s) for name, s in samples.items()}
+    bare = stats["bare PyTorch loop"]["median_ms"]
+
+    print(
+        f"\nCategoricalVAE step, batch {BATCH}, up to {args.steps} steps per trial "
+        f"(ended after {args.trial_seconds:g} s; first {args.warmup} left out), "
+        f"{args.trials} interleaved trials, "
+        f"torch {torch.__version__}, lightning {L.__version__}, {torch.get_num_threads()} threads; "
+        f"data: {source}.\n"
+    )
+    cpu_ms = {name: 1e3 * statistics.median(v) for name, v in cpu.items()}
+    print(
+        "| loop | mean step ms, median of trials (min–max) | overhead vs bare (ratio of medians) "
+        "| paired per-trial overhead, median (range) | CPU ms/step of the process (overhead) "
+        "| target ≤ 5 % |"
+    )
+    print("|---|---|---|---|---|---|")
+    results: dict[str, Any] = {
+        "source": source,
+        "args": vars(args),
+        "lightning": {},
+        "reinforce": {},
+    }
+    for name in ("bare PyTorch loop", "Lightning, bare config", "Lightning, default logging"):
+        s = stats[name]
+        if name == "bare PyTorch loop":
+            print(f"| {name} | {fmt(s)} | — | — | {cpu_ms[name]:.2f} | |")
+            results["lightning"][name] = {**s, "cpu_ms": cpu_ms[name]}
+            continue
+        overhead = s["median_ms"] / bare - 1
+        paired = [
+            t / b - 1
+            for (t, _), (b, _) in zip(samples[name], samples["bare PyTorch loop"], strict=True)
+        ]
+        met = "yes" if overhead <= LIGHTNING_TARGET else "**no**"
+        print(
+            f"| {name} | {fmt(s)} | {100 * overhead:+.1f} % ({s['median_ms'] - bare:+.2f} ms) "
+            f"| {100 * statistics.median(paired):+.1f} % ({100 * min(paired):+.1f} to "
+            f"{100 * max(paired):+.1f}) | {cpu_ms[name]:.2f} "
+            f"({100 * (cpu_ms[name] / cpu_ms['bare PyTorch loop'] - 1):+.1f} %) | {met} |"
+        )
+        results["lightning"][name] = {
+            **s,
+            "cpu_ms": cpu_ms[name],
+            "overhead": overhead,
+            "paired_overheads": paired,
+            "target_met": overhead <= LIGHTNING_TARGET,
+        }
+    plain = stats["plain PyTorch VAE (not zoo)"]
+    plain_ratio = bare / plain["median_ms"] - 1
+    print(
+        f"| reference: plain PyTorch VAE, same shapes (F.gumbel_softmax, closed-form KL; "
+        f"not zoo), bare loop | {fmt(plain)} | zoo bare loop is {100 * plain_ratio:+.1f} % "
+        f"over it | | {cpu_ms['plain PyTorch VAE (not zoo)']:.2f} | |"
+    )
+    results["plain"] = {**plain, "cpu_ms": cpu_ms["plain PyTorch VAE (not zoo)"]}
+
+    one = stats["reinforce S=1 (EMA)"]["median_ms"]
+    print(
+        "\n| estimator (bare loop) | mean step ms, median of trials (min–max) | × one sample "
+        "| CPU ms/step (× one sample) | target ≤ 1 + 0.3·S | met |"
+    )
+    print("|---|---|---|---|---|---|")
+    gumbel = stats["bare PyTorch loop"]
+    cpu_one = cpu_ms["reinforce S=1 (EMA)"]
+    print(
+        f"| gumbel (reference) | {fmt(gumbel)} | {gumbel['median_ms'] / one:.2f} "
+        f"| {cpu_ms['bare PyTorch loop']:.2f} ({cpu_ms['bare PyTorch loop'] / cpu_one:.2f}) | — | |"
+    )
+    for name in ESTIMATORS:
+        if not name.startswith("reinforce"):
+            continue
+        s = stats[name]
+        num = int(name.split("S=")[1].split()[0])
+        ratio = s["median_ms"] / one
+        target = 1 + REINFORCE_SLOPE * num
+        paired = [
+            t / b
+            for (t, _), (b, _) in zip(samples[name], samples["reinforce S=1 (EMA)"], strict=True)
+        ]
+        met = "yes" if ratio <= target else "**no**"
+        target_text = "—" if num == 1 else f"{target:.1f}"
+        print(
+            f"| {name} | {fmt(s)} | {ratio:.2f} | {cpu_ms[name]:.2f} ({cpu_ms[name] / cpu_one:.2f}) "
+            f"| {target_text} | {met if num > 1 else ''} |"
+        )
+        results["reinforce"][name] = {
+            **s,
+            "cpu_ms": cpu_ms[name],
+            "ratio": ratio,
+            "paired_ratios": paired,
+            "target": target,
+            "target_met": ratio <= target,
+        }
+    print(
+        f"\n* = fewer than 3 of the trials ran while other processes used ≤ {args.busy} cores; "
+        "the median is over all trials. CPU ms: the process's CPU time per step, median of "
+        "trials; time slices taken by other processes do not count, but with more than one "
+        "thread it includes OpenMP spin-waiting. Loads of other processes per trial (cores): "
+        + "; ".join(
+            f"{name}: {statistics.median(v):.2f} median, {max(v):.2f} max"
+            for name, v in loads.items()
+        )
+    )
+
+    if args.profile:
+        results["breakdown"] = overhead_breakdown(
+            args.profile_steps, args.warmup, args.trials, bare
+        )
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results["loads"] = loads
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    main()
