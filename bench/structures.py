@@ -25,6 +25,12 @@ that one-time costs are not counted), for the zoo and, where
 a size estimate fits under both half the available memory and
 ``--ts-memory-cap`` (8 GiB: the machine is shared), for torch-struct.
 
+OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless the
+environment says otherwise): on a shared, oversubscribed machine the default
+spinning worker thread makes every small kernel stall for scheduler time
+slices, an artifact that hits the many small kernels of a sequential dynamic
+program far harder than torch-struct's few large ones.
+
 Run: python bench/structures.py [--quick] [--only chain|trees] [--repeats 5] [--verbose]
 """
 
@@ -33,12 +39,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# Before torch starts OpenMP. With the default (active) wait policy the second
+# intra-op thread spins after every parallel region; on this shared 2-core
+# machine it then competes with the main thread and other sessions' processes,
+# and each small kernel can stall for a scheduler time slice (~16 ms), which
+# turns a 7 ms chain log Z + gradient into 250 ms. Passive waiting removes that
+# artifact of sharing. OMP_WAIT_POLICY=ACTIVE in the environment restores it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
@@ -322,6 +337,7 @@ def main() -> None:
     ts_version = getattr(_torch_struct(), "__version__", "0.5")
     print(
         f"torch {torch.__version__}, torch-struct {ts_version}, {torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
         f"float32, times in ms: median* [min–max] (* = fewer than 3 quiet samples, all used); "
         f"others' load: median cores used by other processes while timing (≤ 0.3 is quiet)"
     )
