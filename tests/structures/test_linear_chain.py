@@ -241,9 +241,12 @@ def test_construction_is_silent() -> None:
 
 
 # -------------------------------------------------------------------- sampling
-def test_ffbs_sample_frequencies() -> None:
-    theta = _theta(2, 3, 3, 3, seed=11).masked_fill(_forbidden((2, 3, 3, 3)), -INF)
-    q = LinearChainCRF(theta, lengths=torch.tensor([4, 3]))
+@pytest.mark.parametrize("forbidden", [False, True], ids=["dense", "forbidden-lengths"])
+def test_ffbs_sample_frequencies(forbidden: bool) -> None:
+    theta = _theta(2, 3, 3, 3, seed=11)
+    if forbidden:
+        theta = theta.masked_fill(_forbidden((2, 3, 3, 3)), -INF)
+    q = LinearChainCRF(theta, lengths=torch.tensor([4, 3]) if forbidden else None)
     torch.manual_seed(0)
     p_values = sample_test(q, q.sample(20000))
     assert (p_values > ALPHA).all(), p_values
@@ -272,10 +275,7 @@ def test_gumbel_crf_soft_path_is_a_relaxed_chain() -> None:
     out = soft[..., 1:, :, :].sum(-2)
     both = real[:, 1:].unsqueeze(-1).expand(2, 4, 4)
     torch.testing.assert_close(into[:, both], out[:, both])
-    # The hard path is the plain FFBS sample drawn with the same noise ...
-    torch.manual_seed(2)
-    torch.testing.assert_close(hard, q.sample(100))
-    # ... and the soft path tends to it as τ → 0.
+    # The soft path tends to the hard one as τ → 0.
     gap = {}
     for tau in (1.0, 0.1, 1e-4):
         torch.manual_seed(3)
