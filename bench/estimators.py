@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zoo.estimators import (  # noqa: E402
+from zoo.estimators import (
     GreedyBaseline,
     GumbelSoftmax,
     LearnedBaseline,
@@ -34,8 +34,8 @@ from zoo.estimators import (  # noqa: E402
     STGumbelSoftmax,
     StraightThrough,
 )
-from zoo.structures import Bernoulli, Categorical, Structure  # noqa: E402
-from zoo.testing import check_estimator  # noqa: E402
+from zoo.structures import Bernoulli, Categorical, Structure
+from zoo.testing import check_estimator
 
 
 def problem(name: str) -> Structure:
