@@ -1,6 +1,6 @@
 """Timing and memory helpers shared by the benchmarks on a shared 2-core CPU.
 
-Method (see /work/shared/reference/perf-baseline.md, "How to read the numbers"):
+Method:
 
 * **Interleaved timing** (`measure`): every candidate of one table row is
   warmed up, then the candidates are timed round-robin, one sample each per
