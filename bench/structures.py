@@ -75,7 +75,7 @@ OPS = ("logZ+grad", "marginals", "argmax", "sample(10)")
 NUM_SAMPLES = 10
 
 # torch-struct's chain sampler materialises (B, N/2, C, C, C)-sized charts per
-# sample batch; at (32, 100, 45) it ran out of 23 GiB (perf-baseline §2).
+# sample batch; at (32, 100, 45) that is more than this machine's 23 GiB.
 TS_CHAIN_SAMPLE_SKIP = {(32, 100, 45): "OOM >23GiB"}
 
 
@@ -249,8 +249,8 @@ def _setup_chain_memory(library: str, size: tuple[int, int, int]) -> Callable[[]
 def _torch_struct_chain_bytes(size: tuple[int, int, int]) -> float:
     """Estimated peak of torch-struct's log Z + gradient: its scan's first level
     broadcasts (B, N'/2, C, C, C) float32 (N' = N-1 rounded up to a power of 2);
-    forward and backward hold about 4.2 of those (4.2 fits 3.1 GiB measured at
-    (32, 100, 45) in perf-baseline §2)."""
+    forward and backward hold about 4.2 of those (4.2 fits the 0.27 GiB this
+    script measures at (8, 128, 32) and 3.1 GiB measured at (32, 100, 45))."""
     b, n, c = size
     padded = 2 ** math.ceil(math.log2(max(n - 1, 2)))
     return 4.2 * b * (padded // 2) * c**3 * 4

@@ -101,7 +101,9 @@ def _forward_alpha(theta: Tensor, pad: Tensor | None) -> Tensor:
     batch, _, size, _ = theta.shape
     alpha = theta.new_zeros(batch, size)
     out = [alpha]
-    steps = theta.unbind(1)  # never theta[:, n] in the loop: O(N²) backward (perf-baseline §2)
+    # Slices from unbind: theta[:, n] in the loop would make the backward O(N²),
+    # each select's backward filling a full-size zero gradient.
+    steps = theta.unbind(1)
     pads = pad.unsqueeze(-1).unbind(1) if pad is not None else (None,) * len(steps)
     for step, padded in zip(steps, pads, strict=True):
         nxt = _logsumexp_(alpha.unsqueeze(-2) + step)
