@@ -168,7 +168,9 @@ def _backward_sweep(
     grads = grad_alpha.unbind(1) if grad_alpha is not None else None
     for n in range(num - 1, -1, -1):
         accs[n] = acc
-        back = torch.bmm(acc.unsqueeze(1), conds[n]).squeeze(1)
+        # Σ_c' acc[c'] cond[c', c] as a product and a sum: torch.bmm goes to a
+        # multi-threaded BLAS call, whose hand-off costs more than this mat-vec.
+        back = (acc.unsqueeze(-1) * conds[n]).sum(-2)
         if pads[n] is not None:
             back = torch.where(pads[n], acc, back)  # padded steps copy α_n to α_{n+1}
         acc = back if grads is None else back + grads[n]
@@ -507,8 +509,9 @@ class LinearChainCRF(Structure):
             index = state[..., None, None].expand(batch, count, 1, size)
             prev = perturbed.detach().gather(2, index).squeeze(2).argmax(-1)
             relaxed = torch.softmax(perturbed / temperature, dim=-1)
-            steps.append(soft.unsqueeze(-1) * relaxed)  # soft[n+1, c'] · R[c', c]
-            nxt = torch.matmul(soft.unsqueeze(-2), relaxed).squeeze(-2)
+            step = soft.unsqueeze(-1) * relaxed  # soft[n+1, c'] · R[c', c]
+            steps.append(step)
+            nxt = step.sum(-2)  # soft[n] = soft[n+1] R
             if pads[n] is not None:
                 prev = torch.where(pads[n], state, prev)  # padded steps repeat the label
                 nxt = torch.where(pads[n].unsqueeze(-1), soft, nxt)
