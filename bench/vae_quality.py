@@ -126,13 +126,12 @@ def run_one(model: str, estimator: str, args: argparse.Namespace) -> dict[str, A
         sys.argv = argv
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
 
-    # The schedule: the config's unless overridden; the SBN keeps τ = 1 (Jang et al. §4.1).
-    rate = args.anneal_rate if args.anneal_rate is not None else (0.0 if family == "sbn" else None)
-    schedule = "none (no tempered estimator)"
+    # The schedule: the config's unless overridden (the SBN configs keep τ = 1, Jang et al. §4.1).
+    schedule = "none (fixed τ or no tempered estimator)"
     for callback in trainer.callbacks:
         if isinstance(callback, TemperatureAnnealing):
-            if rate is not None:
-                callback.rate = rate
+            if args.anneal_rate is not None:
+                callback.rate = args.anneal_rate
             if args.anneal_every is not None:
                 callback.every_n_steps = args.anneal_every
             schedule = f"r={callback.rate:g}, N={callback.every_n_steps}"

@@ -124,7 +124,11 @@ def test_every_config_builds_what_its_name_says(path: Path, tmp_path, monkeypatc
     assert cli.datamodule.data_dir is None
     assert model.input_dim == cli.datamodule.input_dim  # linked, not repeated
     kinds = [type(c) for c in cli.trainer.callbacks]
-    assert TemperatureAnnealing in kinds and SampleImages in kinds
+    assert SampleImages in kinds
+    # Jang et al.: τ annealed for the VAE (§4.2), fixed at 1 for the SBN (§4.1).
+    assert (TemperatureAnnealing in kinds) == (family == "vae")
+    if family == "sbn" and hasattr(model.estimator, "temperature"):
+        assert model.estimator.temperature == 1.0
     (checkpoint,) = [c for c in cli.trainer.callbacks if type(c) is ModelCheckpoint]
     assert checkpoint.save_last and checkpoint.save_on_exception
 
