@@ -7,6 +7,8 @@ per element, and since the seed is fixed the outcome is reproducible.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.distributions import kl_divergence
@@ -175,9 +177,15 @@ def test_invalid_potentials_raise_value_error(case: StructureCase) -> None:
     q = case.build(torch.float64)
     kind = type(q)
     theta = q.log_potentials.clone()
-    theta.view(-1)[0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    last = theta.numel() - 1
+    theta.view(-1)[last] = float("nan")
+    index = tuple(torch.unravel_index(torch.tensor(last), theta.shape))
+    with pytest.raises(ValueError, match=re.escape(f"first at index {tuple(map(int, index))}")):
         q.with_potentials(theta)
+    # +inf beside -inf sums to NaN without being NaN: not an error.
+    mixed = q.log_potentials.clone()
+    mixed.view(-1)[0], mixed.view(-1)[last] = float("inf"), -float("inf")
+    q.with_potentials(mixed)
     with pytest.raises(ValueError, match="dimensions"):
         kind(torch.zeros(q.event_shape[1:] if q.event_dim > 1 else ()))
     n = q.max_length

@@ -294,60 +294,79 @@ def _laplacian(
     """The shifted matrix-tree matrix L̂ whose determinant is Z · exp(-shift).
 
     Args:
-        theta: ``(B, N, N)`` float64 arc scores (-inf allowed), ROOT arcs on the diagonal.
+        theta: ``(B, N, N)`` arc scores (-inf allowed), ROOT arcs on the diagonal.
         valid: ``(B, N, N)`` True at arcs between real words, or None (no padding).
         multiroot: root-augmented Laplacian (any number of ROOT arcs) or
             Koo et al.'s first-row replacement (exactly one).
 
     Returns:
-        ``(matrix (B, N, N), weights (B, N, N), shift (B,))``: the weights
+        ``(matrix (B, N, N), weights (B, N, N), shift (B,))``, all float64: the weights
         exp(θ[h, m] - c_m) with c_m the best score into word m (0 at padding),
         and shift = Σ_m c_m. Padded words get an identity row and column.
     """
     # Every word has exactly one head, so shifting column m by c_m shifts every
     # tree by Σ c_m: log Z is unchanged and the gradient needs no path through c.
+    theta = theta.to(_working_dtype(theta))
     if valid is None:
         best = theta.detach().amax(-2)
     else:
         best = torch.where(valid, theta.detach(), -torch.inf).amax(-2)
-    best = torch.where(torch.isfinite(best), best, 0.0)  # (B, N); 0 at padding
+    best = best.nan_to_num_(0.0, 0.0, 0.0)  # (B, N); 0 at padding
     shifted = theta - best.unsqueeze(-2)
     if valid is not None:
         shifted = torch.where(valid, shifted, -torch.inf)
-    weights = shifted.exp()
+    weights = _exp64(shifted)
     # One fresh matrix edited in place: -w off the diagonal, the weight into
     # each word on it (a few passes over B·N² numbers; the LU is the rest).
     matrix = weights.neg()
     diagonal = matrix.diagonal(0, -2, -1)
     diagonal.zero_()
-    into = -matrix.sum(-2)  # (B, N): Σ_{h ≠ m} w[h, m], summed without cancellation
     root = weights.diagonal(0, -2, -1)
-    if multiroot:
-        into = into + root
+    # (B, N): ROOT and Σ_{h ≠ m} w[h, m]; for a single root the sum without ROOT,
+    # taken from -L̂'s zeroed diagonal rather than by a cancelling subtraction.
+    into = weights.sum(-2) if multiroot else -matrix.sum(-2)
     if valid is not None:
         into = into + (~valid.diagonal(0, -2, -1)).to(theta.dtype)  # identity at padding
     diagonal.copy_(into)
     if not multiroot:
         matrix[:, 0] = root
-    return matrix, weights, best.sum(-1)
+    return matrix, weights, best.to(torch.float64).sum(-1)
+
+
+def _working_dtype(theta: Tensor) -> torch.dtype:
+    """θ's dtype, but at least float32: the shifted scores θ - c are formed in it."""
+    return torch.promote_types(theta.dtype, torch.float32)
+
+
+def _exp64(shifted: Tensor) -> Tensor:
+    """exp(θ - c) as float64, the exponential taken in the dtype of θ - c.
+
+    float64 exp costs about four times float32 exp per element here; for float32
+    θ the float32 exponential of the float32 difference is as exact as θ itself.
+    """
+    if shifted.dtype == torch.float64:
+        return shifted.exp()
+    return shifted.exp().to(torch.float64)
 
 
 def _negated_laplacian(
     theta: Tensor, valid: Tensor | None, multiroot: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """-L̂ of `_laplacian`, built in place in one fresh float64 buffer (no autograd).
 
     The forward pass of `_MatrixTree`, in fewer passes over B·N² numbers than
-    the differentiable build. Returns ``(-L̂, root (B, N), best (B, N))``,
+    the differentiable build. Returns ``(-L̂, root (B, N), best (B, N), first)``,
     with c_m = best[m] the shift of column m: the arc weights are -L̂ off its
-    diagonal, but for row 0 with a single root, which holds -root.
+    diagonal, but for row 0 with a single root, which holds -root; ``first``
+    (B, N) is then the weights of the arcs from word 0 (None for multiroot).
     """
-    theta = theta.detach()
+    theta = theta.detach().to(_working_dtype(theta))
     if valid is not None:
         theta = theta.masked_fill(~valid, -torch.inf)
-    best = theta.amax(-2).to(torch.float64).nan_to_num_(0.0, 0.0, 0.0)  # 0: no real head
-    # θ - c is promoted to float64: one pass makes the fresh buffer.
+    best = theta.amax(-2).nan_to_num_(0.0, 0.0, 0.0)  # 0: no real head
     weights = (theta - best.unsqueeze(-2)).exp_()
+    weights = weights.to(torch.float64)  # the fresh buffer (θ - c itself for float64 θ)
+    best = best.to(torch.float64)
     diagonal = weights.diagonal(0, -2, -1)
     root = diagonal.clone()
     if not multiroot:
@@ -356,9 +375,11 @@ def _negated_laplacian(
     if valid is not None:
         into += ~valid.diagonal(0, -2, -1)  # identity at padding
     diagonal.copy_(into.neg_())
+    first = None
     if not multiroot:
+        first = weights[:, 0].clone()  # the arcs from word 0 (and -into at [0, 0])
         weights[:, 0] = -root
-    return weights, root, best
+    return weights, root, best, first
 
 
 def _factor(matrix: Tensor, negated: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -395,6 +416,7 @@ def _arc_marginals(
     multiroot: bool,
     root: Tensor | None = None,
     first: Tensor | None = None,
+    overwrite: bool = False,
 ) -> Tensor:
     """μ[h, m] = w[h, m] ∂ log det L̂ / ∂w[h, m] (Koo et al. 2007), ``(B, N, N)``.
 
@@ -409,21 +431,29 @@ def _arc_marginals(
         multiroot: which L̂.
         root: ``(B, N)`` ROOT weights, if not on the diagonal of ``weights``.
         first: ``(B, N)`` weights of the arcs from word 0, if not row 0 of ``weights``.
+        overwrite: compute in ``inverse``'s memory (no graph; ``inverse`` is lost):
+            every fresh (B, N, N) float64 buffer costs about as much as a pass over it.
     """
-    into = inverse.diagonal(0, -2, -1)  # (B, N): L̂⁻¹[m, m]
-    back = inverse.transpose(-2, -1)  # [h, m] = L̂⁻¹[m, h]
+    diagonal = inverse.diagonal(0, -2, -1)  # (B, N): L̂⁻¹[m, m]
     if multiroot:
-        factor = into
+        into = factor = diagonal.clone() if overwrite else diagonal
     else:
-        word = torch.arange(inverse.shape[-1], device=inverse.device) != 0
-        into = into * word
-        back = back * word.unsqueeze(-1)
-        factor = inverse[..., 0]  # L̂⁻¹[m, 0]
-    marginals = weights * (into.unsqueeze(-2) - back)
+        into = diagonal * (torch.arange(inverse.shape[-1], device=inverse.device) != 0)
+        factor = inverse[..., 0].clone() if overwrite else inverse[..., 0]  # L̂⁻¹[m, 0]
+    # The edits below touch one row and the diagonal of fresh tensors, which
+    # autograd allows (neither op saves its output).
+    back = inverse.transpose(-2, -1)  # [h, m] = L̂⁻¹[m, h]
+    # [h, m] = L̂⁻¹[m, m] - L̂⁻¹[m, h]
+    wide = into.unsqueeze(-2)
+    difference = torch.sub(wide, back, out=back) if overwrite else wide - back
+    if not multiroot:
+        difference[:, 0] = into  # row 0 of L̂ holds ROOT: no [0, m] entry for the arcs from word 0
+    marginals = difference.mul_(weights) if overwrite else weights * difference
     if first is not None:
-        marginals[:, 0] = first * (into - back[:, 0])
+        marginals[:, 0] = first * into
     weight = weights.diagonal(0, -2, -1) if root is None else root
-    return marginals.diagonal_scatter(weight * factor, 0, -2, -1)
+    marginals.diagonal(0, -2, -1).copy_(weight * factor)
+    return marginals
 
 
 def _matrix_tree_marginals(
@@ -451,11 +481,11 @@ def _exact_marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> Te
 
 def _marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> Tensor:
     """Float64 arc marginals ``(B, N, N)`` of θ (any dtype) at any scale, differentiable in θ."""
-    theta = theta.to(torch.float64)
     marginals, fine = _matrix_tree_marginals(theta, valid, multiroot)
     if fine is not None:
         bad = ~fine
-        exact = _exact_marginals(theta[bad], None if valid is None else valid[bad], multiroot)
+        sub_valid = None if valid is None else valid[bad]
+        exact = _exact_marginals(theta[bad].to(torch.float64), sub_valid, multiroot)
         marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact)
     return marginals
 
@@ -472,7 +502,7 @@ class _MatrixTree(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, theta: Tensor, valid: Tensor | None, multiroot: bool) -> Tensor:
-        matrix, root, best = _negated_laplacian(theta, valid, multiroot)
+        matrix, root, best, first = _negated_laplacian(theta, valid, multiroot)
         lu, pivots, log_det, fine = _factor(matrix, negated=True)
         log_z = log_det + best.sum(-1)
         if fine is not None:
@@ -480,34 +510,33 @@ class _MatrixTree(torch.autograd.Function):
             sub_valid = None if valid is None else valid[bad]
             exact = _log_partition_elimination(theta[bad].to(torch.float64), sub_valid, multiroot)
             log_z = log_z.masked_scatter(bad, exact)
-        ctx.save_for_backward(theta, matrix, root, best, lu, pivots, fine)
+        ctx.save_for_backward(theta, matrix, root, first, lu, pivots, fine)
         ctx.valid, ctx.multiroot = valid, multiroot
         return log_z.to(theta.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        theta, matrix, root, best, lu, pivots, fine = ctx.saved_tensors
+        theta, matrix, root, first, lu, pivots, fine = ctx.saved_tensors
         grad = grad.to(torch.float64).view(-1, 1, 1)
         if torch.is_grad_enabled():
             marginals = _marginals(theta, ctx.valid, ctx.multiroot)
             return (grad * marginals).to(theta.dtype), None, None
         eye = torch.eye(lu.shape[-1], dtype=lu.dtype, device=lu.device)
         inverse = torch.linalg.lu_solve(lu, pivots, eye.expand_as(lu))  # (-L̂)⁻¹ = -L̂⁻¹
-        # -L̂ holds the arc weights off its diagonal and, but for a single root, row 0.
-        first = None
-        if not ctx.multiroot:
-            # Row 0 now holds -root; the arcs from word 0 are exp(θ[0, m] - c_m).
-            first = theta[:, 0].to(torch.float64) - best
-            if ctx.valid is not None:
-                first = torch.where(ctx.valid[:, 0], first, -torch.inf)  # exp → 0, never inf · 0
-            first = first.exp()
-        marginals = -_arc_marginals(matrix, inverse, ctx.multiroot, root=root, first=first)
+        # -L̂ holds the arc weights off its diagonal and, but for a single root
+        # (whose row 0 holds -root; the arcs from word 0 are `first`), row 0.
+        # The marginals of -L̂ and (-L̂)⁻¹ are those of L̂ negated: fold the sign into grad.
+        marginals = _arc_marginals(
+            matrix, inverse, ctx.multiroot, root=root, first=first, overwrite=True
+        )
+        scale = grad.neg()
         if fine is not None:
             bad = ~fine
             sub_valid = None if ctx.valid is None else ctx.valid[bad]
             exact = _exact_marginals(theta[bad].to(torch.float64), sub_valid, ctx.multiroot)
-            marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact)
-        return (grad * marginals).to(theta.dtype), None, None
+            marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact.neg())
+        # One pass: scaled and cast to θ's dtype together.
+        return torch.mul(marginals, scale, out=torch.empty_like(theta)), None, None
 
 
 def _logaddexp(a: Tensor, b: Tensor) -> Tensor:
