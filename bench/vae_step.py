@@ -17,8 +17,9 @@ Loops (one fresh model per trial, same seed):
 * ``lightning (bare config)``: ``Trainer.fit`` with no logger, no checkpointing,
   no progress bar, no model summary (``log_every_n_steps`` stays 50).
 * ``lightning (default logging)``: what ``configs/vae/*.yaml`` runs: TensorBoard
-  logger, ``ModelCheckpoint(save_last=True)``, progress bar (to /dev/null),
-  model summary, ``TemperatureAnnealing``, ``log_every_n_steps=50``.
+  logger, ``ModelCheckpoint(save_last=True)``, progress bar (to /dev/null,
+  redrawn every 20 steps as ``train.py`` does), model summary,
+  ``TemperatureAnnealing``, ``log_every_n_steps=50``.
 * REINFORCE (bare loop) with S = 1 (EMA baseline), 4 and 16 (leave-one-out).
 
 Timing: a timestamp at the start of every step (after the batch is fetched,
@@ -69,6 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import _cpu_snapshot, _others_cores, wait_for_quiet  # noqa: E402
+from zoo.cli import PROGRESS_BAR_REFRESH_RATE  # noqa: E402
 from zoo.data.base import BinaryImageDataset, collate_batch, resolve_data_dir  # noqa: E402
 from zoo.estimators import (  # noqa: E402
     Estimator,
@@ -219,12 +221,12 @@ def lightning_loop(
     steps: int,
     model: L.LightningModule | None = None,
     log_every_n_steps: int = 50,
-    progress_bar: int | None = None,
+    progress_bar: int = PROGRESS_BAR_REFRESH_RATE,
 ) -> Stamps:
     """``Trainer.fit`` for ``steps`` steps; ``config`` is ``"bare"`` or ``"default"``.
 
-    ``progress_bar``: the default config's refresh rate (Lightning's default: every step);
-    0 turns the bar off.
+    ``progress_bar``: the default config's refresh rate (``train.py``'s default,
+    `zoo.cli.PROGRESS_BAR_REFRESH_RATE`; Lightning's own is every step); 0 turns the bar off.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -371,8 +373,8 @@ def overhead_breakdown(steps: int, warmup: int, trials: int, vae_step_ms: float)
         "Lightning, default logging, no progress bar": lambda: lightning_loop(
             "default", loader, steps, model=tiny_vae(), progress_bar=0
         ),
-        "Lightning, default logging, progress bar refreshed every 50 steps": lambda: lightning_loop(
-            "default", loader, steps, model=tiny_vae(), progress_bar=50
+        "Lightning, default logging, progress bar every step (Lightning's default)": lambda: (
+            lightning_loop("default", loader, steps, model=tiny_vae(), progress_bar=1)
         ),
         "Lightning, default logging, logs every step": lambda: lightning_loop(
             "default", loader, steps, model=tiny_vae(), log_every_n_steps=1

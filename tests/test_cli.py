@@ -17,12 +17,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.models.cases import quiet_trainer_args, synthetic_args
 from zoo.callbacks import TemperatureAnnealing
-from zoo.cli import ZooCLI, main
+from zoo.cli import PROGRESS_BAR_REFRESH_RATE, ZooCLI, main
 from zoo.estimators import (
     GumbelSoftmax,
     LeaveOneOutBaseline,
@@ -89,6 +90,28 @@ def test_class_name_shorthand_swaps_the_estimator() -> None:
     assert type(estimator) is Reinforce
     assert estimator.num_samples == 4
     assert type(estimator.baseline) is LeaveOneOutBaseline
+
+
+@pytest.mark.parametrize(
+    ("extra", "rate"),
+    [
+        ([], PROGRESS_BAR_REFRESH_RATE),
+        (["--progress_bar_refresh_rate=1"], 1),
+        (["--trainer.enable_progress_bar=false"], None),
+        # A bar given in the callbacks keeps its own rate.
+        (["--trainer.callbacks+=TQDMProgressBar", "--trainer.callbacks.refresh_rate=3"], 3),
+    ],
+    ids=["default", "every-step", "off", "configured"],
+)
+def test_progress_bar_refresh_rate(extra: list[str], rate: int | None) -> None:
+    trainer = ZooCLI(["--config", VAE_CONFIG, *extra], run=False).trainer
+    bars = [c for c in trainer.callbacks if isinstance(c, TQDMProgressBar)]
+    assert [bar.refresh_rate for bar in bars] == ([] if rate is None else [rate])
+
+
+def test_progress_bar_refresh_rate_below_one_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"--progress_bar_refresh_rate must be an integer ≥ 1, got 0"):
+        ZooCLI(["--config", VAE_CONFIG, "--progress_bar_refresh_rate=0"], run=False)
 
 
 def test_main_returns_nothing_after_a_run_so_it_can_be_a_console_script(in_tmp) -> None:

@@ -11,7 +11,10 @@ On top of Lightning's defaults it
 * logs to TensorBoard under ``lightning_logs/<family>`` (the model's module:
   ``vae``, ``sbn``) unless a logger is configured,
 * always keeps a ``ModelCheckpoint`` (options under ``--checkpoint.*``) that saves
-  ``last.ckpt`` and a checkpoint when training stops on an exception, and
+  ``last.ckpt`` and a checkpoint when training stops on an exception,
+* redraws Lightning's progress bar every ``--progress_bar_refresh_rate`` steps
+  (default 20; Lightning's own default, every step, cost about 0.6 ms of a
+  10 ms VAE step on a 2-core CPU), and
 * reads ``--ckpt_path last`` as "the newest ``last.ckpt`` of this experiment":
   the run continues in that run's log directory, so an interrupted ``fit``
   resumes with the same command plus ``--ckpt_path last`` (and starts afresh
@@ -29,7 +32,7 @@ from typing import Any
 import lightning as L
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 # Imported for their side effect as well: class-name shorthand on the command
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 _ = (zoo.callbacks, zoo.data, zoo.estimators)
 
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+PROGRESS_BAR_REFRESH_RATE = 20
 DEFAULT_LOGGER = {
     "class_path": TENSORBOARD,
     "init_args": {"save_dir": "lightning_logs", "name": None, "default_hp_metric": False},
@@ -83,6 +87,27 @@ class ZooCLI(LightningCLI):
             }
         )
         parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
+        parser.add_argument(
+            "--progress_bar_refresh_rate",
+            type=int,
+            default=PROGRESS_BAR_REFRESH_RATE,
+            help="Redraw Lightning's default progress bar every this many steps (1: every step). "
+            "A progress bar given in trainer.callbacks keeps its own rate.",
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        rate = self._get(self.config_init, "progress_bar_refresh_rate", PROGRESS_BAR_REFRESH_RATE)
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+            raise ValueError(f"--progress_bar_refresh_rate must be an integer ≥ 1, got {rate!r}")
+        # Copied first: the trainer's list of callbacks may be this very list, extended.
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = list(configured) if isinstance(configured, list) else [configured]
+        trainer = super().instantiate_trainer(**kwargs)
+        bar = trainer.progress_bar_callback
+        # Only the bar Lightning added itself (none was configured) is replaced.
+        if type(bar) is TQDMProgressBar and all(bar is not c for c in configured):
+            trainer.callbacks[trainer.callbacks.index(bar)] = TQDMProgressBar(refresh_rate=rate)
+        return trainer
 
     # ----------------------------------------------------------- before instantiation
     def before_instantiate_classes(self) -> None:

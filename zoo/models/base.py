@@ -20,6 +20,7 @@ optimizer and the TensorBoard hyperparameter session.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Mapping
@@ -193,6 +194,16 @@ class LatentVariableModel(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets `_current_fx_name` around every hook it calls, about 40
+        # times per training step; nn.Module.__setattr__ spends over a microsecond
+        # on each, looking for a parameter, buffer or submodule of that name,
+        # which it never is.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "val")
 
@@ -265,6 +276,13 @@ class LatentVariableModel(L.LightningModule):
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == TrainerFn.VALIDATING:
             self._write_hparams_session()
+
+
+# Lightning reads training_step's signature at every step (does it take batch_idx?);
+# a stored signature spares inspect from rebuilding it each time.
+LatentVariableModel.training_step.__signature__ = inspect.signature(  # type: ignore[attr-defined]
+    LatentVariableModel.training_step
+)
 
 
 def _flatten_for_tensorboard(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
