@@ -299,27 +299,9 @@ TINY_DIM = 8
 class ManualOptimizationVAE(CategoricalVAE):
     """`CategoricalVAE` with manual optimization: what the step costs without Lightning's closure.
 
-    A sketch of a possible patch to `LatentVariableModel`, measured by ``--profile``.
+    A sketch of a possible patch to `LatentVariableModel`, measured by ``--profile``
+    (`tiny_vae` turns ``automatic_optimization`` off).
     """
-
-    def __init__(
-        self,
-        estimator: Estimator,
-        num_variables: int = 20,
-        num_classes: int = 10,
-        input_dim: int = 784,
-        hidden_sizes: tuple[int, ...] = (512, 256),
-        num_importance_samples: int = 0,
-    ) -> None:
-        super().__init__(
-            estimator,
-            num_variables=num_variables,
-            num_classes=num_classes,
-            input_dim=input_dim,
-            hidden_sizes=hidden_sizes,
-            num_importance_samples=num_importance_samples,
-        )
-        self.automatic_optimization = False
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
@@ -336,7 +318,7 @@ def tiny_vae(manual: bool = False) -> CategoricalVAE:
     cls = ManualOptimizationVAE if manual else CategoricalVAE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cls(
+        model = cls(
             GumbelSoftmax(),
             num_variables=1,
             num_classes=2,
@@ -344,6 +326,8 @@ def tiny_vae(manual: bool = False) -> CategoricalVAE:
             hidden_sizes=(4,),
             num_importance_samples=0,
         )
+    model.automatic_optimization = not manual
+    return model
 
 
 def overhead_breakdown(steps: int, warmup: int, trials: int, vae_step_ms: float) -> dict:

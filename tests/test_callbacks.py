@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.models.cases import MODELS
+from tests.models.cases import MODELS, quiet_trainer
 from zoo.callbacks import SampleImages, TemperatureAnnealing, tempered_estimators
 from zoo.estimators import GumbelSoftmax, MovingAverageBaseline, Reinforce, STGumbelSoftmax
 from zoo.models import BernoulliSBN, CategoricalVAE, image_grid
@@ -20,17 +20,7 @@ SBN_CASE = MODELS[2]
 
 
 def trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "limit_val_batches": 0,
-        "default_root_dir": tmp_path,
-    }
-    return L.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(**{"limit_val_batches": 0, "default_root_dir": tmp_path, **kwargs})
 
 
 def test_schedule_is_jangs() -> None:

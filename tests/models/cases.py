@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
 
 from zoo.data import SyntheticBinaryDataModule
 from zoo.estimators import (
@@ -102,6 +105,19 @@ def synthetic_args(split: str = "full", dim: int = DIM) -> list[str]:
         "--data.batch_size=16",
         "--data.num_prototypes=3",
     ]
+
+
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    """A CPU trainer with no logger, progress bar, model summary or checkpoints; ``kwargs`` override."""
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+    }
+    return L.Trainer(**{**defaults, **kwargs})
 
 
 def quiet_trainer_args() -> list[str]:

@@ -14,22 +14,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from tests.models.cases import ESTIMATORS, MODELS, ModelCase
+from tests.models.cases import ESTIMATORS, MODELS, ModelCase, quiet_trainer
 from zoo.estimators import Exact, GumbelSoftmax, MovingAverageBaseline, Reinforce
 from zoo.models import BernoulliSBN, BernoulliVAE, CategoricalSBN, CategoricalVAE
 from zoo.structures import Bernoulli, Categorical
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-    }
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 @pytest.mark.parametrize("estimator", list(ESTIMATORS))

@@ -116,13 +116,21 @@ class SBN(LatentVariableModel):
         """p(z1 | x), batch shape ``(B,)``."""
         return self.layer(self.first(batch["x"]))
 
+    def second_layer(self, z1: Tensor) -> Structure:
+        """p(z2 | z1): z1 ``(*sample, B, *event)`` → batch shape ``(*sample, B)``."""
+        return self.layer(self.second(self._flat(z1)))
+
+    def output_logits(self, z2: Tensor) -> Tensor:
+        """Logits of p(y | z2): z2 ``(*sample, B, *event)`` → ``(*sample, B, D_out)``."""
+        return self.output(self._flat(z2))
+
     def output_cost(self, z2: Tensor, y: Tensor) -> Tensor:
         """−log p(y | z2): z2 ``(*sample, B, *event)`` → ``(*sample, B)``."""
-        return bernoulli_nll(self.output(self._flat(z2)), y)
+        return bernoulli_nll(self.output_logits(z2), y)
 
     def cost(self, z1: Tensor, batch: Batch) -> Tensor:
         """E_{z2∼p(z2|z1)}[−log p(y | z2)] as the inner estimator's objective: ``(S1, B)``."""
-        q2 = self.layer(self.second(self._flat(z1)))  # batch shape (S1, B)
+        q2 = self.second_layer(z1)  # batch shape (S1, B)
         inner = self.inner_estimator(q2, lambda z2: self.output_cost(z2, batch["y"]))
         return inner.objective  # (S1, B): value = cost, gradient = the inner estimate
 
@@ -132,7 +140,7 @@ class SBN(LatentVariableModel):
         The proposal is the model's own p(z | x), so the weight is p(y | z2): ``(m, B)``.
         """
         z1 = q.sample(num_samples)  # (m, B, *event)
-        z2 = self.layer(self.second(self._flat(z1))).sample()  # (m, B, *event)
+        z2 = self.second_layer(z1).sample()  # (m, B, *event)
         return -self.output_cost(z2, batch["y"])
 
     @torch.no_grad()
@@ -145,8 +153,8 @@ class SBN(LatentVariableModel):
         """
         x, y = batch["x"][:num_images], batch["y"][:num_images]
         z1 = self.posterior({"x": x}).sample()
-        z2 = self.layer(self.second(self._flat(z1))).sample()
-        predicted = torch.sigmoid(self.output(self._flat(z2)))
+        z2 = self.second_layer(z1).sample()
+        predicted = torch.sigmoid(self.output_logits(z2))
         truth = torch.cat([x, y], dim=-1)
         completed = torch.cat([x, predicted], dim=-1)
         return {"completions": torch.stack([truth, completed], dim=1).flatten(0, 1)}

@@ -228,6 +228,7 @@ class Structure(Distribution):
 
     def _unflat(self, x: Tensor) -> Tensor:
         """Undo `_flat` on the leading dimension of ``x``: ``(B, ...)`` → ``(*batch, ...)``."""
+        # torch.Size concatenation also covers an empty batch shape.
         return x.reshape(self.batch_shape + x.shape[1:])
 
     # ---------------------------------------------------------- exact oracles

@@ -143,11 +143,6 @@ class _Dependency(Structure):
     def _extra_args(self) -> dict[str, Any]:
         return {"multiroot": self.multiroot}
 
-    def _unflat(self, x: Tensor) -> Tensor:
-        # torch.Size concatenation also covers an empty batch shape, where the
-        # base's ``reshape(*batch_shape, ...)`` gets no sizes at all.
-        return x.reshape(self.batch_shape + x.shape[1:])
-
     def _valid(self, lengths: Tensor | None, batch: int, device: torch.device) -> Tensor:
         """``(B, N, N)`` True at arcs between real words (and ROOT arcs of real words)."""
         n = self.max_length
@@ -339,14 +334,14 @@ def _working_dtype(theta: Tensor) -> torch.dtype:
 
 
 def _exp64(shifted: Tensor) -> Tensor:
-    """exp(θ - c) as float64, the exponential taken in the dtype of θ - c.
+    """exp(θ - c) as float64, taken in place in the dtype of the fresh ``shifted``.
 
     float64 exp costs about four times float32 exp per element here; for float32
     θ the float32 exponential of the float32 difference is as exact as θ itself.
+    In place is safe under autograd: neither subtraction nor ``where`` keeps its
+    output for the backward pass.
     """
-    if shifted.dtype == torch.float64:
-        return shifted.exp()
-    return shifted.exp().to(torch.float64)
+    return shifted.exp_().to(torch.float64)
 
 
 def _negated_laplacian(
@@ -364,8 +359,7 @@ def _negated_laplacian(
     if valid is not None:
         theta = theta.masked_fill(~valid, -torch.inf)
     best = theta.amax(-2).nan_to_num_(0.0, 0.0, 0.0)  # 0: no real head
-    weights = (theta - best.unsqueeze(-2)).exp_()
-    weights = weights.to(torch.float64)  # the fresh buffer (θ - c itself for float64 θ)
+    weights = _exp64(theta - best.unsqueeze(-2))  # the fresh buffer (θ - c itself for float64 θ)
     best = best.to(torch.float64)
     diagonal = weights.diagonal(0, -2, -1)
     root = diagonal.clone()

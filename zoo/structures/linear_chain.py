@@ -338,10 +338,6 @@ class LinearChainCRF(Structure):
         theta = self.log_potentials.reshape(size, *self.event_shape)
         return theta, None if self.lengths is None else self.lengths.reshape(size)
 
-    def _unflat(self, x: Tensor) -> Tensor:
-        # torch.Size concatenation also works for an empty batch shape (x.reshape() does not).
-        return x.reshape(self.batch_shape + x.shape[1:])
-
     def _setup(self) -> tuple[Tensor, Tensor | None, Tensor]:
         """Flat θ ``(B, M, C, C)``, the padding mask ``(B, M)`` and ``(B,)`` True at L = 1."""
         theta, lengths = self._flat()

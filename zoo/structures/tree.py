@@ -278,11 +278,6 @@ class TreeCRF(Structure):
     def max_length(self) -> int:
         return self.log_potentials.shape[-2]
 
-    def _unflat(self, x: Tensor) -> Tensor:
-        # torch.Size concatenation also covers an empty batch shape, where the
-        # base's ``reshape(*batch_shape, ...)`` gets no sizes at all.
-        return x.reshape(self.batch_shape + x.shape[1:])
-
     # ------------------------------------------------------------- inside pass
     def _prepared(self, theta: Tensor, lengths: Tensor | None) -> Tensor:
         """θ ``(B, N, N, L)`` made safe for the chart: finite, padded spans set to 0."""
