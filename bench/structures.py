@@ -36,6 +36,11 @@ slows the zoo's chain (many small kernels) more than torch-struct (few large
 ones): on a quiet machine the chain's log Z + gradient at (32, 50, 20) took
 about 9.5 ms passive against 6.4 ms with the default policy, torch-struct the
 same either way, so the ratios printed here are conservative for the zoo.
+The matrix-tree operations go the other way: MKL threads each small batched
+solve on its own, a wake-up per matrix when waiting passively, which the zoo
+avoids by solving small matrices on one thread and torch-struct does not;
+``OMP_WAIT_POLICY= python bench/structures.py`` (an empty value: libgomp's
+default) measures the default policy.
 
 Run: python bench/structures.py [--quick] [--only chain|trees] [--repeats 5] [--verbose]
 """

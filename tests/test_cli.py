@@ -110,7 +110,9 @@ def test_progress_bar_refresh_rate(extra: list[str], rate: int | None) -> None:
 
 
 def test_progress_bar_refresh_rate_below_one_is_an_error() -> None:
-    with pytest.raises(ValueError, match=r"--progress_bar_refresh_rate must be an integer ≥ 1, got 0"):
+    with pytest.raises(
+        ValueError, match=r"--progress_bar_refresh_rate must be an integer ≥ 1, got 0"
+    ):
         ZooCLI(["--config", VAE_CONFIG, "--progress_bar_refresh_rate=0"], run=False)
 
 
