@@ -16,10 +16,10 @@ Loops (one fresh model per trial, same seed):
   ``training_step`` (``forward`` is the per-example loss of ``_step``).
 * ``lightning (bare config)``: ``Trainer.fit`` with no logger, no checkpointing,
   no progress bar, no model summary (``log_every_n_steps`` stays 50).
-* ``lightning (default logging)``: what ``configs/vae/*.yaml`` runs: TensorBoard
-  logger, ``ModelCheckpoint(save_last=True)``, progress bar (to /dev/null,
-  redrawn every 20 steps as ``train.py`` does), model summary,
-  ``TemperatureAnnealing``, ``log_every_n_steps=50``.
+* ``lightning (default logging)``: what ``train.py`` runs for ``configs/vae/*.yaml``:
+  TensorBoard logger, ``ModelCheckpoint(save_last=True)``, `zoo.cli.NullProfiler`, progress bar
+  (to /dev/null, redrawn every 20 steps), model summary, ``TemperatureAnnealing``,
+  ``SampleImages``, ``log_every_n_steps=50``.
 * REINFORCE (bare loop) with S = 1 (EMA baseline), 4 and 16 (leave-one-out).
 
 Timing: a timestamp at the start of every step (after the batch is fetched,
@@ -231,7 +231,8 @@ def lightning_loop(
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from zoo.callbacks import TemperatureAnnealing
+    from zoo.callbacks import SampleImages, TemperatureAnnealing
+    from zoo.cli import NullProfiler
 
     model = make_model(ESTIMATORS["gumbel"]) if model is None else model
     stamps = StepStamps()
@@ -258,12 +259,14 @@ def lightning_loop(
                 stamps,
                 ModelCheckpoint(dirpath=tmp, save_last=True),
                 TemperatureAnnealing(rate=1e-4, min_temperature=0.5, every_n_steps=500),
+                SampleImages(num_images=16),
             ]
             if progress_bar:
                 callbacks.append(TQDMProgressBar(refresh_rate=progress_bar))
             trainer = L.Trainer(
                 **common,
                 logger=TensorBoardLogger(tmp, name="bench", default_hp_metric=False),
+                profiler=NullProfiler(),
                 enable_progress_bar=progress_bar != 0,
                 callbacks=callbacks,
             )

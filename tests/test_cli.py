@@ -18,12 +18,13 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.models.cases import quiet_trainer_args, synthetic_args
 from zoo.callbacks import TemperatureAnnealing
-from zoo.cli import PROGRESS_BAR_REFRESH_RATE, ZooCLI, main
+from zoo.cli import PROGRESS_BAR_REFRESH_RATE, NullProfiler, ZooCLI, main
 from zoo.estimators import (
     GumbelSoftmax,
     LeaveOneOutBaseline,
@@ -114,6 +115,17 @@ def test_progress_bar_refresh_rate_below_one_is_an_error() -> None:
         ValueError, match=r"--progress_bar_refresh_rate must be an integer ≥ 1, got 0"
     ):
         ZooCLI(["--config", VAE_CONFIG, "--progress_bar_refresh_rate=0"], run=False)
+
+
+def test_null_profiler_by_default_and_any_other_on_request(in_tmp) -> None:
+    profiler = ZooCLI(["--config", VAE_CONFIG], run=False).trainer.profiler
+    assert type(profiler) is NullProfiler
+    # One shared context, entered and left like any other.
+    assert profiler.profile("a") is profiler.profile("b")
+    with profiler.profile("[LightningModule]CategoricalVAE.training_step"):
+        pass
+    args = ["--config", VAE_CONFIG, "--trainer.profiler=simple"]
+    assert type(ZooCLI(args, run=False).trainer.profiler) is SimpleProfiler
 
 
 def test_main_returns_nothing_after_a_run_so_it_can_be_a_console_script(in_tmp) -> None:
