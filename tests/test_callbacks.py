@@ -72,8 +72,7 @@ def test_resume_continues_the_schedule_where_it_stopped(tmp_path) -> None:
             callbacks=[callback, checkpoint],
             enable_checkpointing=True,
         )
-        # Outside LightningCLI the hyperparameters hold the estimator object: a trusted pickle.
-        run.fit(model, case.data(num_train=256), ckpt_path=ckpt_path, weights_only=False)
+        run.fit(model, case.data(num_train=256), ckpt_path=ckpt_path)
         return model, callback
 
     fit(5, None)  # anneals to exp(-0.4) at step 4

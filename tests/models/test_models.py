@@ -15,7 +15,14 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from tests.models.cases import ESTIMATORS, MODELS, ModelCase, quiet_trainer
-from zoo.estimators import Exact, GumbelSoftmax, MovingAverageBaseline, Reinforce
+from zoo.estimators import (
+    Exact,
+    GumbelSoftmax,
+    LeaveOneOutBaseline,
+    MovingAverageBaseline,
+    Reinforce,
+    StraightThrough,
+)
 from zoo.models import BernoulliSBN, BernoulliVAE, CategoricalSBN, CategoricalVAE
 from zoo.structures import Bernoulli, Categorical
 
@@ -229,6 +236,22 @@ def test_images_are_pictures_in_the_unit_interval(case: ModelCase) -> None:
         assert bool(((pictures >= 0) & (pictures <= 1)).all()), name
 
 
+def test_the_estimators_may_be_given_as_configs() -> None:
+    model = BernoulliSBN(
+        {
+            "class_path": "Reinforce",
+            "init_args": {"num_samples": 2, "baseline": {"class_path": "LeaveOneOutBaseline"}},
+        },
+        num_variables=3,
+        input_dim=4,
+        inner_estimator={"class_path": "zoo.estimators.StraightThrough"},
+    )
+    assert type(model.estimator) is Reinforce
+    assert type(model.estimator.baseline) is LeaveOneOutBaseline
+    assert model.estimator.num_samples == 2
+    assert type(model.inner_estimator) is StraightThrough
+
+
 def test_sbn_inner_estimator_is_a_separate_copy_by_default() -> None:
     model = BernoulliSBN(Reinforce(baseline=MovingAverageBaseline()), num_variables=3, input_dim=4)
     assert type(model.inner_estimator) is Reinforce
@@ -243,6 +266,7 @@ def test_sbn_inner_estimator_is_a_separate_copy_by_default() -> None:
         ({"num_importance_samples": -1}, "num_importance_samples"),
         ({"importance_chunk_size": 0}, "importance_chunk_size"),
         ({"estimator": torch.nn.Linear(1, 1)}, "estimator"),
+        ({"estimator": {"class_path": "torch.nn.Linear"}}, "not a subclass of Estimator"),
     ],
 )
 def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
@@ -255,3 +279,33 @@ def test_configure_optimizers_uses_fused_adam() -> None:
     optimizer = CategoricalVAE(GumbelSoftmax(), hidden_sizes=(8,)).configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.defaults["fused"] is True
+
+
+@pytest.mark.parametrize("estimator", ["gumbel", "reinforce-ema", "reinforce-learned"])
+@pytest.mark.parametrize("case", MODELS, ids=str)
+def test_a_checkpoint_written_from_python_loads_with_weights_only(
+    tmp_path, case: ModelCase, estimator: str
+) -> None:
+    torch.manual_seed(0)
+    model = case.make(ESTIMATORS[estimator](case.parts))
+    trainer = quiet_trainer(max_steps=3, default_root_dir=tmp_path)
+    trainer.fit(model, case.data())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    # The estimator is stored as its config: plain values that the safe unpickler takes.
+    hparams = torch.load(path, weights_only=True)["hyper_parameters"]
+    assert hparams["estimator"] == model.estimator.init_config()
+    loaded = type(model).load_from_checkpoint(path)  # weights_only=True by default
+    assert type(loaded.estimator) is type(model.estimator)
+    # The state trained into the estimator (temperature, moving average, learned
+    # baseline) comes back with the rest of the weights.
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+    data = case.data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = model(batch)
+        torch.manual_seed(1)
+        torch.testing.assert_close(loaded(batch), expected)

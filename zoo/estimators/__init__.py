@@ -8,12 +8,14 @@ from zoo.estimators.baselines import (
     LeaveOneOutBaseline,
     MovingAverageBaseline,
 )
+from zoo.estimators.config import Configurable, from_config
 from zoo.estimators.exact import Exact
 from zoo.estimators.reinforce import Reinforce
 from zoo.estimators.relaxed import GumbelSoftmax, PerturbAndMAP, STGumbelSoftmax, StraightThrough
 
 __all__ = [
     "Baseline",
+    "Configurable",
     "CostFn",
     "Estimate",
     "Estimator",
@@ -28,4 +30,5 @@ __all__ = [
     "STGumbelSoftmax",
     "StraightThrough",
     "TemperedEstimator",
+    "from_config",
 ]

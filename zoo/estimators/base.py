@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from zoo.estimators.config import Configurable
 from zoo.structures import Structure
 
 __all__ = ["CostFn", "Estimate", "Estimator", "TemperedEstimator"]
@@ -53,8 +54,11 @@ class Estimate:
         return self.cost + self.surrogate - self.surrogate.detach()
 
 
-class Estimator(nn.Module):
+class Estimator(Configurable, nn.Module):
     """Estimates ∇ E_{z∼q}[f(z)] for a structure q.
+
+    ``init_config()`` describes it as a ``class_path`` / ``init_args`` config
+    (`zoo.estimators.config`), which `from_config` builds again.
 
     Args:
         num_samples: S, the number of samples per batch element (≥ 1).

@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from zoo.estimators.config import Configurable
 from zoo.structures import Structure
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class Baseline(nn.Module):
+class Baseline(Configurable, nn.Module):
     """The baseline interface used by `Reinforce`.
 
     Per call, `Reinforce` asks for ``extra_samples(q)`` (structures whose cost

@@ -20,6 +20,7 @@ optimizer and the TensorBoard hyperparameter session.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import warnings
@@ -33,6 +34,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from zoo.estimators import Estimate, Estimator
+from zoo.estimators.config import as_estimator
 from zoo.structures import Structure
 
 __all__ = ["Batch", "LatentVariableModel"]
@@ -50,8 +52,9 @@ class LatentVariableModel(L.LightningModule):
     """Base of the zoo's models: one step for all stages, logging and the optimizer.
 
     Args:
-        estimator: the gradient estimator of E_q[f(z)], e.g. ``GumbelSoftmax``,
-            ``Reinforce(num_samples=4, baseline=LeaveOneOutBaseline())``.
+        estimator: the gradient estimator of E_q[f(z)], e.g. ``GumbelSoftmax()``,
+            ``Reinforce(num_samples=4, baseline=LeaveOneOutBaseline())``, or its config
+            ``{"class_path": "Reinforce", "init_args": {"num_samples": 4, ...}}``.
         lr: learning rate of Adam (used unless an ``optimizer`` is given on the command line).
         num_importance_samples: m, the samples from q behind the importance-sampled
             negative log-likelihood ``test/nll_iw`` (Jang et al. 2017 use 1000); 0 skips it.
@@ -60,14 +63,18 @@ class LatentVariableModel(L.LightningModule):
         importance_chunk_size: samples drawn at once for ``nll_iw``; bounds the memory to
             about chunk × batch × output width floats.
 
-    Checkpoints keep the estimator among the hyperparameters. Written through
-    LightningCLI (``train.py``), that is its ``class_path`` config, and the
-    model's class rebuilds it, estimator included, with its buffers from the
-    state dict: ``CategoricalVAE.load_from_checkpoint(path)``. Written from plain Python, it is the estimator object itself, so such
-    a checkpoint loads only with ``weights_only=False`` (for files you trust).
+    Checkpoints keep the estimator among the hyperparameters as its config
+    (``{"class_path": ..., "init_args": {...}}``, what LightningCLI writes; see
+    `zoo.estimators.config`), whether the model was built by ``train.py`` or in
+    Python, so ``CategoricalVAE.load_from_checkpoint(path)`` rebuilds the model,
+    estimator included, with its buffers from the state dict, under
+    ``torch.load``'s safe default ``weights_only=True``. An estimator whose
+    arguments have no plain form (a function, say) is kept as the object
+    itself, and its checkpoints load only with ``weights_only=False``.
 
     Raises:
-        ValueError: a negative number of samples, a chunk size below 1, lr ≤ 0.
+        ValueError: an estimator that is neither an `Estimator` nor its config, a negative
+            number of samples, a chunk size below 1, lr ≤ 0.
     """
 
     objective_name: ClassVar[str] = "loss"
@@ -86,10 +93,7 @@ class LatentVariableModel(L.LightningModule):
         importance_chunk_size: int = 100,
     ) -> None:
         super().__init__()
-        if not isinstance(estimator, Estimator):
-            raise ValueError(
-                f"estimator must be a zoo.estimators.Estimator, got {type(estimator).__name__}"
-            )
+        estimator = as_estimator(estimator, "estimator")
         if not float(lr) > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         for name, value, low in (
@@ -103,11 +107,28 @@ class LatentVariableModel(L.LightningModule):
             warnings.filterwarnings("ignore", message=_MODULE_HPARAM_WARNING)
             # Collects the arguments of the subclass's __init__ as well.
             self.save_hyperparameters()
+        self._store_estimator_configs()
         self.estimator = estimator
         self.lr = float(lr)
         self.num_importance_samples = num_importance_samples
         self.val_importance_samples = val_importance_samples
         self.importance_chunk_size = importance_chunk_size
+
+    def _store_estimator_configs(self) -> None:
+        """Estimator objects among the hyperparameters become their configs.
+
+        So checkpoints hold plain values only (LightningCLI gives configs already).
+        """
+        configs = {}
+        for name, value in self.hparams.items():
+            if isinstance(value, Estimator):
+                config = value.init_config()
+                if config is not None:
+                    configs[name] = config
+        if configs:
+            self.hparams.update(configs)
+            # What loggers receive as the hyperparameters (Lightning's deep copy).
+            self._hparams_initial = copy.deepcopy(self.hparams)
 
     # ------------------------------------------------------- what a subclass writes
     def posterior(self, batch: Batch) -> Structure:

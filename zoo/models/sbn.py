@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from zoo.estimators import Estimator
+from zoo.estimators.config import as_estimator
 from zoo.models.base import Batch, LatentVariableModel
 from zoo.models.components import MLP, bernoulli_nll
 from zoo.structures import Bernoulli, Categorical, Structure
@@ -59,8 +60,8 @@ class SBN(LatentVariableModel):
     Args:
         estimator: the gradient estimator of the first layer, z1 ∼ p(z1 | x).
         latent_features: the parts of each stochastic layer (N bits, or N·K one-hot cells).
-        inner_estimator: the estimator of the second layer, z2 ∼ p(z2 | z1); None (default):
-            a copy of ``estimator`` with its own state.
+        inner_estimator: the estimator of the second layer, z2 ∼ p(z2 | z1), or its config;
+            None (default): a copy of ``estimator`` with its own state.
         input_dim: the width of x (392, the upper half of a 28×28 image).
         output_dim: the width of y (392, the lower half); None: ``input_dim``.
         hidden_sizes: deterministic ReLU layers inside each conditional; empty (default)
@@ -97,7 +98,9 @@ class SBN(LatentVariableModel):
         )
         hidden = tuple(hidden_sizes)
         self.inner_estimator = (
-            copy.deepcopy(estimator) if inner_estimator is None else inner_estimator
+            copy.deepcopy(self.estimator)
+            if inner_estimator is None
+            else as_estimator(inner_estimator, "inner_estimator")
         )
         self.input_dim = input_dim
         self.output_dim = input_dim if output_dim is None else output_dim
