@@ -28,8 +28,9 @@ step time from step ``--warmup`` to its last step (so the every-50-steps
 logging is paid for, not hidden by a median); a trial runs ``--steps`` steps
 or ends after ``--trial-seconds``. Next to wall time, the process's CPU time
 per step: with ``--threads 1`` it is the work itself, which the time slices
-other processes take on a shared machine do not inflate. Candidates are interleaved round-robin
-over ``--trials`` rounds; before each trial the script waits (at most a few
+other processes take on a shared machine do not inflate. Candidates are
+interleaved round-robin over ``--trials`` rounds, every other round in reverse
+order; before each trial the script waits (at most a few
 seconds) for other processes to go quiet, and a trial during which other
 processes used more than ``--busy`` cores is rejected. Reported: the median of
 the accepted trials (all trials where fewer than 3 were accepted, marked *),
@@ -40,7 +41,7 @@ shared: read ratios, not absolute times.
 model (its arithmetic negligible) under each Trainer configuration, and a
 cProfile of the Lightning step.
 
-Run: python bench/vae_step.py [--threads 2] [--trials 7] [--profile]
+Run: python bench/vae_step.py [--threads 2] [--trials 7] [--only lightning] [--profile]
 """
 
 from __future__ import annotations
@@ -447,6 +448,12 @@ def main() -> None:
         help="end a trial after this long (once it has --warmup + 30 steps)",
     )
     parser.add_argument("--busy", type=float, default=0.3, help="reject above this many cores")
+    parser.add_argument(
+        "--only",
+        choices=("all", "lightning"),
+        default="all",
+        help="lightning: only the bare loop and the two Lightning loops (more rounds per minute)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--data-dir", default=None, help="dataset root (default $ZOO_DATA_DIR)")
     parser.add_argument(
@@ -470,11 +477,12 @@ def main() -> None:
         "bare PyTorch loop": lambda: bare_loop("gumbel", loader, args.steps),
         "Lightning, bare config": lambda: lightning_loop("bare", loader, args.steps),
         "Lightning, default logging": lambda: lightning_loop("default", loader, args.steps),
-        "plain PyTorch VAE (not zoo)": lambda: bare_loop("plain", loader, args.steps),
     }
-    for name in ESTIMATORS:
-        if name.startswith("reinforce"):
-            candidates[name] = lambda name=name: bare_loop(name, loader, args.steps)
+    if args.only == "all":
+        candidates["plain PyTorch VAE (not zoo)"] = lambda: bare_loop("plain", loader, args.steps)
+        for name in ESTIMATORS:
+            if name.startswith("reinforce"):
+                candidates[name] = lambda name=name: bare_loop(name, loader, args.steps)
 
     # Warm-up: one short run of each (imports, allocator, oneDNN primitives).
     seconds = TRIAL_CAP["seconds"]
@@ -487,7 +495,10 @@ def main() -> None:
     cpu: dict[str, list[float]] = {name: [] for name in candidates}
     loads: dict[str, list[float]] = {name: [] for name in candidates}
     for round_ in range(args.trials):
-        for name, run in candidates.items():
+        # Every other round in reverse order, so that a machine slowing down or
+        # speeding up during a round does not always favour the same loop.
+        order = list(candidates.items())
+        for name, run in order if round_ % 2 == 0 else order[::-1]:
             wait_for_quiet(args.busy, max_wait=8.0, window=0.25)
             start = _cpu_snapshot()
             stamps = run()
@@ -550,6 +561,9 @@ def main() -> None:
             "paired_overheads": paired,
             "target_met": overhead <= LIGHTNING_TARGET,
         }
+    if args.only == "lightning":
+        _finish(args, results, loads)
+        return
     plain = stats["plain PyTorch VAE (not zoo)"]
     plain_ratio = bare / plain["median_ms"] - 1
     print(
@@ -596,6 +610,18 @@ def main() -> None:
             "target": target,
             "target_met": ratio <= target,
         }
+
+    if args.profile:
+        results["breakdown"] = overhead_breakdown(
+            args.profile_steps, args.warmup, args.trials, bare
+        )
+    _finish(args, results, loads)
+
+
+def _finish(
+    args: argparse.Namespace, results: dict[str, Any], loads: dict[str, list[float]]
+) -> None:
+    """The loads note under the tables, and the JSON file."""
     print(
         f"\n* = fewer than 3 of the trials ran while other processes used ≤ {args.busy} cores; "
         "the median is over all trials. CPU ms: the process's CPU time per step, median of "
@@ -606,12 +632,6 @@ def main() -> None:
             for name, v in loads.items()
         )
     )
-
-    if args.profile:
-        results["breakdown"] = overhead_breakdown(
-            args.profile_steps, args.warmup, args.trials, bare
-        )
-
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results["loads"] = loads
