@@ -561,67 +561,56 @@ def main() -> None:
             "paired_overheads": paired,
             "target_met": overhead <= LIGHTNING_TARGET,
         }
-    if args.only == "lightning":
-        _finish(args, results, loads)
-        return
-    plain = stats["plain PyTorch VAE (not zoo)"]
-    plain_ratio = bare / plain["median_ms"] - 1
-    print(
-        f"| reference: plain PyTorch VAE, same shapes (F.gumbel_softmax, closed-form KL; "
-        f"not zoo), bare loop | {fmt(plain)} | zoo bare loop is {100 * plain_ratio:+.1f} % "
-        f"over it | | {cpu_ms['plain PyTorch VAE (not zoo)']:.2f} | |"
-    )
-    results["plain"] = {**plain, "cpu_ms": cpu_ms["plain PyTorch VAE (not zoo)"]}
-
-    one = stats["reinforce S=1 (EMA)"]["median_ms"]
-    print(
-        "\n| estimator (bare loop) | mean step ms, median of trials (min–max) | × one sample "
-        "| CPU ms/step (× one sample) | target ≤ 1 + 0.3·S | met |"
-    )
-    print("|---|---|---|---|---|---|")
-    gumbel = stats["bare PyTorch loop"]
-    cpu_one = cpu_ms["reinforce S=1 (EMA)"]
-    print(
-        f"| gumbel (reference) | {fmt(gumbel)} | {gumbel['median_ms'] / one:.2f} "
-        f"| {cpu_ms['bare PyTorch loop']:.2f} ({cpu_ms['bare PyTorch loop'] / cpu_one:.2f}) | — | |"
-    )
-    for name in ESTIMATORS:
-        if not name.startswith("reinforce"):
-            continue
-        s = stats[name]
-        num = int(name.split("S=")[1].split()[0])
-        ratio = s["median_ms"] / one
-        target = 1 + REINFORCE_SLOPE * num
-        paired = [
-            t / b
-            for (t, _), (b, _) in zip(samples[name], samples["reinforce S=1 (EMA)"], strict=True)
-        ]
-        met = "yes" if ratio <= target else "**no**"
-        target_text = "—" if num == 1 else f"{target:.1f}"
+    if args.only == "all":  # the plain-PyTorch reference and REINFORCE
+        plain = stats["plain PyTorch VAE (not zoo)"]
+        plain_ratio = bare / plain["median_ms"] - 1
         print(
-            f"| {name} | {fmt(s)} | {ratio:.2f} | {cpu_ms[name]:.2f} ({cpu_ms[name] / cpu_one:.2f}) "
-            f"| {target_text} | {met if num > 1 else ''} |"
+            f"| reference: plain PyTorch VAE, same shapes (F.gumbel_softmax, closed-form KL; "
+            f"not zoo), bare loop | {fmt(plain)} | zoo bare loop is {100 * plain_ratio:+.1f} % "
+            f"over it | | {cpu_ms['plain PyTorch VAE (not zoo)']:.2f} | |"
         )
-        results["reinforce"][name] = {
-            **s,
-            "cpu_ms": cpu_ms[name],
-            "ratio": ratio,
-            "paired_ratios": paired,
-            "target": target,
-            "target_met": ratio <= target,
-        }
+        results["plain"] = {**plain, "cpu_ms": cpu_ms["plain PyTorch VAE (not zoo)"]}
 
-    if args.profile:
-        results["breakdown"] = overhead_breakdown(
-            args.profile_steps, args.warmup, args.trials, bare
+        one = stats["reinforce S=1 (EMA)"]["median_ms"]
+        print(
+            "\n| estimator (bare loop) | mean step ms, median of trials (min–max) | × one sample "
+            "| CPU ms/step (× one sample) | target ≤ 1 + 0.3·S | met |"
         )
-    _finish(args, results, loads)
+        print("|---|---|---|---|---|---|")
+        gumbel = stats["bare PyTorch loop"]
+        cpu_one = cpu_ms["reinforce S=1 (EMA)"]
+        print(
+            f"| gumbel (reference) | {fmt(gumbel)} | {gumbel['median_ms'] / one:.2f} "
+            f"| {cpu_ms['bare PyTorch loop']:.2f} ({cpu_ms['bare PyTorch loop'] / cpu_one:.2f}) | — | |"
+        )
+        for name in ESTIMATORS:
+            if not name.startswith("reinforce"):
+                continue
+            s = stats[name]
+            num = int(name.split("S=")[1].split()[0])
+            ratio = s["median_ms"] / one
+            target = 1 + REINFORCE_SLOPE * num
+            paired = [
+                t / b
+                for (t, _), (b, _) in zip(
+                    samples[name], samples["reinforce S=1 (EMA)"], strict=True
+                )
+            ]
+            met = "yes" if ratio <= target else "**no**"
+            target_text = "—" if num == 1 else f"{target:.1f}"
+            print(
+                f"| {name} | {fmt(s)} | {ratio:.2f} | {cpu_ms[name]:.2f} ({cpu_ms[name] / cpu_one:.2f}) "
+                f"| {target_text} | {met if num > 1 else ''} |"
+            )
+            results["reinforce"][name] = {
+                **s,
+                "cpu_ms": cpu_ms[name],
+                "ratio": ratio,
+                "paired_ratios": paired,
+                "target": target,
+                "target_met": ratio <= target,
+            }
 
-
-def _finish(
-    args: argparse.Namespace, results: dict[str, Any], loads: dict[str, list[float]]
-) -> None:
-    """The loads note under the tables, and the JSON file."""
     print(
         f"\n* = fewer than 3 of the trials ran while other processes used ≤ {args.busy} cores; "
         "the median is over all trials. CPU ms: the process's CPU time per step, median of "
@@ -632,6 +621,12 @@ def _finish(
             for name, v in loads.items()
         )
     )
+
+    if args.profile:
+        results["breakdown"] = overhead_breakdown(
+            args.profile_steps, args.warmup, args.trials, bare
+        )
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results["loads"] = loads
