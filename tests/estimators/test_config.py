@@ -12,6 +12,7 @@ from zoo.estimators import (
     Estimator,
     Exact,
     GumbelSoftmax,
+    LeaveOneOutBaseline,
     MovingAverageBaseline,
     Reinforce,
     from_config,
@@ -82,6 +83,24 @@ class _Opaque(MovingAverageBaseline):
     def __init__(self, transform: object) -> None:
         super().__init__()
         self.transform = transform
+
+
+class _Composite(MovingAverageBaseline):
+    """A baseline whose argument nests configurables inside a mapping and a list."""
+
+    def __init__(self, parts: dict) -> None:
+        super().__init__()
+        self.parts = parts
+
+
+def test_configurables_nested_in_mappings_and_lists_round_trip() -> None:
+    composite = _Composite({"ema": MovingAverageBaseline(0.3), "more": [LeaveOneOutBaseline()]})
+    config = composite.init_config()
+    assert config["init_args"]["parts"]["ema"]["init_args"] == {"decay": 0.3}
+    rebuilt = from_config(config)
+    assert type(rebuilt.parts["ema"]) is MovingAverageBaseline
+    assert type(rebuilt.parts["more"][0]) is LeaveOneOutBaseline
+    assert rebuilt.init_config() == config
 
 
 @pytest.mark.parametrize(

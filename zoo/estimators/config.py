@@ -123,8 +123,11 @@ def from_config(config: Mapping[str, Any], expected: type[T] = Configurable) -> 
 
 
 def _built(value: Any) -> Any:
-    if isinstance(value, Mapping) and "class_path" in value:
-        return from_config(value)
+    """The inverse of `_plain`: configs, also inside lists and mappings, become objects."""
+    if isinstance(value, Mapping):
+        if "class_path" in value:
+            return from_config(value)
+        return {k: _built(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_built(v) for v in value)
     return value
