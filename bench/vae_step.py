@@ -37,11 +37,22 @@ the accepted trials (all trials where fewer than 3 were accepted, marked *),
 and for Lightning the median of the per-round paired ratios. The CPU is
 shared: read ratios, not absolute times.
 
+``--blocks N`` adds a tighter comparison: in one ``Trainer.fit`` per Lightning
+configuration, a callback runs the bare loop (its own model and optimizer) for
+``--block-steps`` steps after every ``--block-steps`` Lightning steps, N times
+(`Interleaved`). A pair of blocks takes under a second, so the machine's drift
+from second to second, which moves whole trials by ±20 %, falls on both alike.
+The first ``--block-skip`` steps of each block are left out (the other loop
+cooled the caches); the every-50-steps logging falls inside the timed steps.
+Reported: the median of the per-block Lightning/bare ratios with its quartiles,
+and the ratio of the means. ``--trials 0 --only lightning --blocks N`` runs
+this alone.
+
 ``--profile`` adds where Lightning's time goes: CPU time per step of a tiny
 model (its arithmetic negligible) under each Trainer configuration, and a
 cProfile of the Lightning step.
 
-Run: python bench/vae_step.py [--threads 2] [--trials 7] [--only lightning] [--profile]
+Run: python bench/vae_step.py [--threads 2] [--trials 7] [--only lightning] [--blocks 60] [--profile]
 """
 
 from __future__ import annotations
@@ -173,26 +184,63 @@ def mean_step(stamps: Stamps, warmup: int, cpu: bool = False) -> float:
     return (window[-1] - window[0]) / (len(window) - 1)
 
 
+class BareSteps:
+    """The bare PyTorch loop, resumable: `run` does the next ``steps`` steps.
+
+    ``loss = model(batch).mean()``, ``zero_grad``, ``backward``, ``opt.step()``,
+    ``loss.item()``: the same loss computation as the model's ``training_step``
+    (``forward`` is the per-example loss of ``_step``). The loader is restarted
+    when it runs out.
+    """
+
+    def __init__(
+        self, estimator: str, loader: DataLoader, model: torch.nn.Module | None = None
+    ) -> None:
+        if model is None:
+            model = PlainVAE() if estimator == "plain" else make_model(ESTIMATORS[estimator])
+        self.model = model.train()
+        self.optimizer = model.configure_optimizers()
+        self.loader = loader
+        self.batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
+        self.fetched: dict[str, torch.Tensor] | None = None  # by the last `run`, for the next
+
+    def _next_batch(self) -> dict[str, torch.Tensor]:
+        if self.fetched is not None:
+            batch, self.fetched = self.fetched, None
+            return batch
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+    def run(self, steps: int) -> Stamps:
+        """Stamps at the start of each step (after its batch is fetched) and one after the last.
+
+        The last stamp also follows the fetch of a batch (the next block's first), so
+        every interval holds one fetch, as a Lightning step does.
+        """
+        stamps: Stamps = []
+        batch = self._next_batch()
+        for _ in range(steps):
+            stamps.append(_stamp())
+            if _time_is_up(stamps):
+                return stamps
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.model(batch).mean()
+            loss.backward()
+            self.optimizer.step()
+            loss.item()
+            batch = self._next_batch()
+        self.fetched = batch
+        stamps.append(_stamp())
+        return stamps
+
+
 def bare_loop(
     estimator: str, loader: DataLoader, steps: int, model: torch.nn.Module | None = None
 ) -> Stamps:
-    if model is None:
-        model = PlainVAE() if estimator == "plain" else make_model(ESTIMATORS[estimator])
-    model.train()
-    optimizer = model.configure_optimizers()
-    stamps: Stamps = []
-    batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
-    for _ in range(steps):
-        batch = next(batches)
-        stamps.append(_stamp())
-        if _time_is_up(stamps):
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(batch).mean()
-        loss.backward()
-        optimizer.step()
-        loss.item()
-    return stamps
+    return BareSteps(estimator, loader, model).run(steps)
 
 
 def _time_is_up(stamps: Stamps) -> bool:
@@ -216,6 +264,39 @@ class StepStamps(L.Callback):
             trainer.should_stop = True
 
 
+class Interleaved(StepStamps):
+    """Runs the bare loop in blocks between blocks of Lightning steps, inside one fit.
+
+    Lightning steps ``block``-at-a-time, then the bare loop (its own model and
+    optimizer) ``block`` steps, and so on, ``blocks`` times: each pair of blocks
+    runs within about a second, under the same conditions of a machine whose
+    speed drifts from second to second. The first ``skip`` steps of each block
+    are left out (caches the other loop cooled).
+    """
+
+    def __init__(self, bare: BareSteps, block: int, skip: int, blocks: int) -> None:
+        super().__init__()
+        self.bare, self.block, self.skip, self.blocks = bare, block, skip, blocks
+        self.lightning_means: list[tuple[float, float]] = []  # (wall, CPU) seconds per step
+        self.bare_means: list[tuple[float, float]] = []
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.stamps.append(_stamp())
+        if len(self.stamps) <= self.block:
+            return
+        self.lightning_means.append(_block_means(self.stamps, self.skip))
+        self.bare_means.append(_block_means(self.bare.run(self.block), self.skip))
+        if len(self.bare_means) >= self.blocks:
+            trainer.should_stop = True
+        self.stamps = [_stamp()]
+
+
+def _block_means(stamps: Stamps, skip: int) -> tuple[float, float]:
+    return mean_step(stamps, skip), mean_step(stamps, skip, cpu=True)
+
+
 def lightning_loop(
     config: str,
     loader: DataLoader,
@@ -223,11 +304,13 @@ def lightning_loop(
     model: L.LightningModule | None = None,
     log_every_n_steps: int = 50,
     progress_bar: int = PROGRESS_BAR_REFRESH_RATE,
+    stamps: StepStamps | None = None,
 ) -> Stamps:
     """``Trainer.fit`` for ``steps`` steps; ``config`` is ``"bare"`` or ``"default"``.
 
     ``progress_bar``: the default config's refresh rate (``train.py``'s default,
     `zoo.cli.PROGRESS_BAR_REFRESH_RATE`; Lightning's own is every step); 0 turns the bar off.
+    ``stamps``: the callback that takes the step stamps (a fresh `StepStamps` by default).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -236,7 +319,7 @@ def lightning_loop(
     from zoo.cli import NullProfiler
 
     model = make_model(ESTIMATORS["gumbel"]) if model is None else model
-    stamps = StepStamps()
+    stamps = StepStamps() if stamps is None else stamps
     common = {
         "accelerator": "cpu",
         "devices": 1,
@@ -436,43 +519,13 @@ def overhead_breakdown(steps: int, warmup: int, trials: int, vae_step_ms: float)
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="steps per trial")
-    parser.add_argument("--warmup", type=int, default=20, help="steps left out of each trial")
-    parser.add_argument("--trials", type=int, default=7, help="interleaved rounds")
-    parser.add_argument(
-        "--trial-seconds",
-        type=float,
-        default=8.0,
-        help="end a trial after this long (once it has --warmup + 30 steps)",
-    )
-    parser.add_argument("--busy", type=float, default=0.3, help="reject above this many cores")
-    parser.add_argument(
-        "--only",
-        choices=("all", "lightning"),
-        default="all",
-        help="lightning: only the bare loop and the two Lightning loops (more rounds per minute)",
-    )
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--data-dir", default=None, help="dataset root (default $ZOO_DATA_DIR)")
-    parser.add_argument(
-        "--profile", action="store_true", help="also break Lightning's overhead down (tiny model)"
-    )
-    parser.add_argument(
-        "--profile-steps", type=int, default=1000, help="steps per tiny-model trial"
-    )
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vae_step.json"))
-    args = parser.parse_args()
-    if args.steps <= args.warmup + 1:
-        parser.error("--steps must exceed --warmup + 1")
+def run_trials(
+    args: argparse.Namespace, loader: DataLoader, source: str
+) -> tuple[dict[str, Any], float]:
+    """The interleaved trials: every loop a whole ``Trainer.fit`` (or bare run) per round.
 
-    TRIAL_CAP.update(seconds=args.trial_seconds, min_steps=args.warmup + 30)
-    torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    images, source = load_images(args.steps * BATCH, args.data_dir)
-    loader = make_loader(images)
-
+    Returns the results and the bare loop's median step in ms.
+    """
     candidates: dict[str, Callable[[], Stamps]] = {
         "bare PyTorch loop": lambda: bare_loop("gumbel", loader, args.steps),
         "Lightning, bare config": lambda: lightning_loop("bare", loader, args.steps),
@@ -530,12 +583,7 @@ def main() -> None:
         "| target ≤ 5 % |"
     )
     print("|---|---|---|---|---|---|")
-    results: dict[str, Any] = {
-        "source": source,
-        "args": vars(args),
-        "lightning": {},
-        "reinforce": {},
-    }
+    results: dict[str, Any] = {"lightning": {}, "reinforce": {}}
     for name in ("bare PyTorch loop", "Lightning, bare config", "Lightning, default logging"):
         s = stats[name]
         if name == "bare PyTorch loop":
@@ -621,6 +669,130 @@ def main() -> None:
             for name, v in loads.items()
         )
     )
+    results["loads"] = loads
+    return results, bare
+
+
+def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> dict[str, Any]:
+    """Lightning against the bare loop in alternating blocks inside one fit (`Interleaved`).
+
+    One fit per Lightning configuration, its data one epoch long (the images
+    repeated), so no epoch boundary falls among the timed steps.
+    """
+    block, skip = args.block_steps, args.block_skip
+    steps = (args.blocks + 2) * (block + 1)
+    repeats = -(-steps * BATCH // images.shape[0])
+    lightning_loader = make_loader(images.repeat(repeats, 1))
+    print(
+        f"\nCategoricalVAE step, batch {BATCH}: Lightning and the bare loop in alternating blocks "
+        f"of {block} steps inside "
+        f"one fit ({args.blocks} blocks each, first {skip} steps of each block left out), "
+        f"{torch.get_num_threads()} threads; data: {source}.\n"
+    )
+    print(
+        "| Lightning config | bare ms/step, median of blocks | Lightning ms/step "
+        "| overhead: median of per-block ratios (IQR) | ratio of the means "
+        "| CPU overhead, median of per-block ratios | target ≤ 5 % |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    out: dict[str, Any] = {}
+    loads: list[str] = []
+    for config in ("bare", "default"):
+        name = f"Lightning, {'bare config' if config == 'bare' else 'default logging'}"
+        timer = Interleaved(BareSteps("gumbel", make_loader(images)), block, skip, args.blocks)
+        wait_for_quiet(args.busy, max_wait=8.0, window=0.25)
+        start = _cpu_snapshot()
+        lightning_loop(config, lightning_loader, steps, stamps=timer)
+        loads.append(f"{name}: {_others_cores(start):.2f}")
+        # The first pair of blocks warms both loops up.
+        light, bare = timer.lightning_means[1:], timer.bare_means[1:]
+        ratios = sorted(t / b - 1 for (t, _), (b, _) in zip(light, bare, strict=True))
+        cpu_ratios = [t / b - 1 for (_, t), (_, b) in zip(light, bare, strict=True)]
+        median = statistics.median(ratios)
+        of_means = statistics.mean(t for t, _ in light) / statistics.mean(b for b, _ in bare) - 1
+        quartiles = statistics.quantiles(ratios, n=4)
+        bare_ms = 1e3 * statistics.median(b for b, _ in bare)
+        met = "yes" if median <= LIGHTNING_TARGET else "**no**"
+        print(
+            f"| {name} | {bare_ms:.2f} | {1e3 * statistics.median(t for t, _ in light):.2f} "
+            f"| {100 * median:+.1f} % ({100 * quartiles[0]:+.1f} to {100 * quartiles[2]:+.1f}) "
+            f"| {100 * of_means:+.1f} % | {100 * statistics.median(cpu_ratios):+.1f} % | {met} |"
+        )
+        out[name] = {
+            "bare_ms": bare_ms,
+            "lightning_means": light,
+            "bare_means": bare,
+            "overhead": median,
+            "overhead_of_means": of_means,
+            "target_met": median <= LIGHTNING_TARGET,
+        }
+    print(f"\nCores used by other processes during each fit: {'; '.join(loads)}.")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="steps per trial")
+    parser.add_argument("--warmup", type=int, default=20, help="steps left out of each trial")
+    parser.add_argument("--trials", type=int, default=7, help="interleaved rounds")
+    parser.add_argument(
+        "--trial-seconds",
+        type=float,
+        default=8.0,
+        help="end a trial after this long (once it has --warmup + 30 steps)",
+    )
+    parser.add_argument("--busy", type=float, default=0.3, help="reject above this many cores")
+    parser.add_argument(
+        "--only",
+        choices=("all", "lightning"),
+        default="all",
+        help="lightning: only the bare loop and the two Lightning loops (more rounds per minute)",
+    )
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        default=0,
+        help="also time Lightning and the bare loop in this many alternating blocks inside "
+        "one fit per Lightning config (0: not)",
+    )
+    parser.add_argument("--block-steps", type=int, default=25, help="steps per block")
+    parser.add_argument(
+        "--block-skip", type=int, default=3, help="steps left out at the start of each block"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--data-dir", default=None, help="dataset root (default $ZOO_DATA_DIR)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also break Lightning's overhead down (tiny model)"
+    )
+    parser.add_argument(
+        "--profile-steps", type=int, default=1000, help="steps per tiny-model trial"
+    )
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vae_step.json"))
+    args = parser.parse_args()
+    if args.steps <= args.warmup + 1:
+        parser.error("--steps must exceed --warmup + 1")
+    if args.trials < 0 or args.blocks < 0 or (args.trials == 0 and args.blocks < 3):
+        parser.error("need --trials ≥ 1, or --trials 0 with --blocks ≥ 3")
+    if args.trials == 0 and args.only == "all":
+        parser.error("--trials 0 times the Lightning loops only: add --only lightning")
+    if args.block_steps <= args.block_skip + 1:
+        parser.error("--block-steps must exceed --block-skip + 1")
+
+    TRIAL_CAP.update(seconds=args.trial_seconds, min_steps=args.warmup + 30)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    images, source = load_images(args.steps * BATCH, args.data_dir)
+    loader = make_loader(images)
+
+    results: dict[str, Any] = {"source": source, "args": vars(args)}
+    bare = float("nan")
+    if args.trials > 0:
+        trial_results, bare = run_trials(args, loader, source)
+        results.update(trial_results)
+    if args.blocks > 0:
+        results["blocks"] = run_blocks(args, images, source)
+        if args.trials == 0:
+            bare = results["blocks"]["Lightning, bare config"]["bare_ms"]
 
     if args.profile:
         results["breakdown"] = overhead_breakdown(
@@ -629,7 +801,6 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results["loads"] = loads
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out}")
 
