@@ -46,13 +46,15 @@ The first ``--block-skip`` steps of each block are left out (the other loop
 cooled the caches); the every-50-steps logging falls inside the timed steps.
 Reported: the median of the per-block Lightning/bare ratios with its quartiles,
 and the ratio of the means. ``--trials 0 --only lightning --blocks N`` runs
-this alone.
+this alone; with ``--tiny`` it times the tiny VAE of ``--profile`` instead, so
+Lightning − bare is Lightning's Python.
 
 ``--profile`` adds where Lightning's time goes: CPU time per step of a tiny
 model (its arithmetic negligible) under each Trainer configuration, and a
 cProfile of the Lightning step.
 
 Run: python bench/vae_step.py [--threads 2] [--trials 7] [--only lightning] [--blocks 60] [--profile]
+     python bench/vae_step.py --only lightning --trials 0 --blocks 300 --tiny --threads 1
 """
 
 from __future__ import annotations
@@ -681,33 +683,43 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
     """
     block, skip = args.block_steps, args.block_skip
     steps = (args.blocks + 2) * (block + 1)
+    make: Callable[[], CategoricalVAE] = lambda: make_model(ESTIMATORS["gumbel"])  # noqa: E731
+    if args.tiny:
+        make = tiny_vae
+        g = torch.Generator().manual_seed(0)
+        images = (torch.rand(steps * BATCH, TINY_DIM, generator=g) < 0.5).to(torch.uint8)
+        source = f"random bits for the tiny VAE of --profile ({TINY_DIM} pixels, 1×2 latent)"
     repeats = -(-steps * BATCH // images.shape[0])
     lightning_loader = make_loader(images.repeat(repeats, 1))
     print(
-        f"\nCategoricalVAE step, batch {BATCH}: Lightning and the bare loop in alternating blocks "
+        f"\n{'Tiny ' if args.tiny else ''}CategoricalVAE step, batch {BATCH}: Lightning and the bare loop in alternating blocks "
         f"of {block} steps inside "
         f"one fit ({args.blocks} blocks each, first {skip} steps of each block left out), "
         f"{torch.get_num_threads()} threads; data: {source}.\n"
     )
     print(
         "| Lightning config | bare ms/step, median of blocks | Lightning ms/step "
+        "| Lightning − bare ms/step, median of blocks (IQR) "
         "| overhead: median of per-block ratios (IQR) | ratio of the means "
         "| CPU overhead, median of per-block ratios | target ≤ 5 % |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     out: dict[str, Any] = {}
     loads: list[str] = []
     for config in ("bare", "default"):
         name = f"Lightning, {'bare config' if config == 'bare' else 'default logging'}"
-        timer = Interleaved(BareSteps("gumbel", make_loader(images)), block, skip, args.blocks)
+        bare_steps = BareSteps("gumbel", make_loader(images), model=make())
+        timer = Interleaved(bare_steps, block, skip, args.blocks)
         wait_for_quiet(args.busy, max_wait=8.0, window=0.25)
         start = _cpu_snapshot()
-        lightning_loop(config, lightning_loader, steps, stamps=timer)
+        lightning_loop(config, lightning_loader, steps, model=make(), stamps=timer)
         loads.append(f"{name}: {_others_cores(start):.2f}")
         # The first pair of blocks warms both loops up.
         light, bare = timer.lightning_means[1:], timer.bare_means[1:]
         ratios = sorted(t / b - 1 for (t, _), (b, _) in zip(light, bare, strict=True))
         cpu_ratios = [t / b - 1 for (_, t), (_, b) in zip(light, bare, strict=True)]
+        extra = sorted(1e3 * (t - b) for (t, _), (b, _) in zip(light, bare, strict=True))
+        extra_q = statistics.quantiles(extra, n=4)
         median = statistics.median(ratios)
         of_means = statistics.mean(t for t, _ in light) / statistics.mean(b for b, _ in bare) - 1
         quartiles = statistics.quantiles(ratios, n=4)
@@ -715,13 +727,16 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
         met = "yes" if median <= LIGHTNING_TARGET else "**no**"
         print(
             f"| {name} | {bare_ms:.2f} | {1e3 * statistics.median(t for t, _ in light):.2f} "
+            f"| {statistics.median(extra):+.2f} ({extra_q[0]:+.2f} to {extra_q[2]:+.2f}) "
             f"| {100 * median:+.1f} % ({100 * quartiles[0]:+.1f} to {100 * quartiles[2]:+.1f}) "
-            f"| {100 * of_means:+.1f} % | {100 * statistics.median(cpu_ratios):+.1f} % | {met} |"
+            f"| {100 * of_means:+.1f} % | {100 * statistics.median(cpu_ratios):+.1f} % "
+            f"| {'—' if args.tiny else met} |"
         )
         out[name] = {
             "bare_ms": bare_ms,
             "lightning_means": light,
             "bare_means": bare,
+            "extra_ms": statistics.median(extra),
             "overhead": median,
             "overhead_of_means": of_means,
             "target_met": median <= LIGHTNING_TARGET,
@@ -759,6 +774,11 @@ def main() -> None:
     parser.add_argument(
         "--block-skip", type=int, default=3, help="steps left out at the start of each block"
     )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="--blocks with the tiny VAE of --profile: Lightning − bare is then its Python",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--data-dir", default=None, help="dataset root (default $ZOO_DATA_DIR)")
     parser.add_argument(
@@ -775,6 +795,10 @@ def main() -> None:
         parser.error("need --trials ≥ 1, or --trials 0 with --blocks ≥ 3")
     if args.trials == 0 and args.only == "all":
         parser.error("--trials 0 times the Lightning loops only: add --only lightning")
+    if args.tiny and (args.trials or not args.blocks):
+        parser.error("--tiny times the blocks only: use it with --trials 0 --blocks N")
+    if args.tiny and args.profile:
+        parser.error("--profile compares with the VAE step, which --tiny does not time")
     if args.block_steps <= args.block_skip + 1:
         parser.error("--block-steps must exceed --block-skip + 1")
 
@@ -791,7 +815,7 @@ def main() -> None:
         results.update(trial_results)
     if args.blocks > 0:
         results["blocks"] = run_blocks(args, images, source)
-        if args.trials == 0:
+        if args.trials == 0 and not args.tiny:
             bare = results["blocks"]["Lightning, bare config"]["bare_ms"]
 
     if args.profile:
