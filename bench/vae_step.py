@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import inspect
 import json
 import logging
 import math
@@ -126,11 +127,13 @@ def make_loader(images: torch.Tensor) -> DataLoader:
 
 
 # --------------------------------------------------------------------- models
-def make_model(estimator: Callable[[], Estimator]) -> CategoricalVAE:
+def make_model(
+    estimator: Callable[[], Estimator], cls: type[CategoricalVAE] = CategoricalVAE
+) -> CategoricalVAE:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return CategoricalVAE(estimator(), num_importance_samples=0)
+        return cls(estimator(), num_importance_samples=0)
 
 
 ESTIMATORS: dict[str, Callable[[], Estimator]] = {
@@ -186,18 +189,25 @@ def mean_step(stamps: Stamps, warmup: int, cpu: bool = False) -> float:
     return (window[-1] - window[0]) / (len(window) - 1)
 
 
+PHASES = ("forward", "backward", "optimizer step")
+Phases = dict[str, list[float]]
+"""Seconds of each phase of each step, in step order."""
+
+
 class BareSteps:
     """The bare PyTorch loop, resumable: `run` does the next ``steps`` steps.
 
     ``loss = model(batch).mean()``, ``zero_grad``, ``backward``, ``opt.step()``,
     ``loss.item()``: the same loss computation as the model's ``training_step``
     (``forward`` is the per-example loss of ``_step``). The loader is restarted
-    when it runs out.
+    when it runs out. ``phases`` collects the seconds of the forward, the backward
+    and the optimizer step of every step.
     """
 
     def __init__(
         self, estimator: str, loader: DataLoader, model: torch.nn.Module | None = None
     ) -> None:
+        self.phases: Phases = {name: [] for name in PHASES}
         if model is None:
             model = PlainVAE() if estimator == "plain" else make_model(ESTIMATORS[estimator])
         self.model = model.train()
@@ -229,9 +239,15 @@ class BareSteps:
             if _time_is_up(stamps):
                 return stamps
             self.optimizer.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
             loss = self.model(batch).mean()
+            t1 = time.perf_counter()
             loss.backward()
+            t2 = time.perf_counter()
             self.optimizer.step()
+            t3 = time.perf_counter()
+            for name, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                self.phases[name].append(seconds)
             loss.item()
             batch = self._next_batch()
         self.fetched = batch
@@ -264,6 +280,52 @@ class StepStamps(L.Callback):
         self.stamps.append(_stamp())
         if _time_is_up(self.stamps):
             trainer.should_stop = True
+
+
+class PhasedVAE(CategoricalVAE):
+    """`CategoricalVAE` that times its forward (``training_step``), backward and optimizer step.
+
+    The optimizer step is Lightning's ``optimizer_step`` less the closure it runs
+    (forward and backward): the update, with the hooks Lightning calls after the
+    closure.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.phases: Phases = {name: [] for name in PHASES}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        start = time.perf_counter()
+        loss = super().training_step(batch, batch_idx)
+        self.phases["forward"].append(time.perf_counter() - start)
+        return loss
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        super().backward(loss, *args, **kwargs)
+        self.phases["backward"].append(time.perf_counter() - start)
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        in_closure = 0.0
+
+        def closure() -> Any:
+            nonlocal in_closure
+            start = time.perf_counter()
+            result = optimizer_closure()
+            in_closure += time.perf_counter() - start
+            return result
+
+        start = time.perf_counter()
+        super().optimizer_step(epoch, batch_idx, optimizer, closure)
+        self.phases["optimizer step"].append(time.perf_counter() - start - in_closure)
+
+
+# As for LatentVariableModel.training_step: Lightning inspects the signature every step.
+PhasedVAE.training_step.__signature__ = inspect.signature(  # type: ignore[attr-defined]
+    PhasedVAE.training_step
+)
 
 
 class Interleaved(StepStamps):
@@ -683,7 +745,7 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
     """
     block, skip = args.block_steps, args.block_skip
     steps = (args.blocks + 2) * (block + 1)
-    make: Callable[[], CategoricalVAE] = lambda: make_model(ESTIMATORS["gumbel"])  # noqa: E731
+    make: Callable[[], CategoricalVAE] = lambda: make_model(ESTIMATORS["gumbel"], PhasedVAE)  # noqa: E731
     if args.tiny:
         make = tiny_vae
         g = torch.Generator().manual_seed(0)
@@ -705,14 +767,16 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
     )
     print("|---|---|---|---|---|---|---|---|")
     out: dict[str, Any] = {}
+    phase_rows: dict[str, dict[str, tuple[float, float, list[float]]]] = {}
     loads: list[str] = []
     for config in ("bare", "default"):
         name = f"Lightning, {'bare config' if config == 'bare' else 'default logging'}"
         bare_steps = BareSteps("gumbel", make_loader(images), model=make())
         timer = Interleaved(bare_steps, block, skip, args.blocks)
+        model = make()
         wait_for_quiet(args.busy, max_wait=8.0, window=0.25)
         start = _cpu_snapshot()
-        lightning_loop(config, lightning_loader, steps, model=make(), stamps=timer)
+        lightning_loop(config, lightning_loader, steps, model=model, stamps=timer)
         loads.append(f"{name}: {_others_cores(start):.2f}")
         # The first pair of blocks warms both loops up.
         light, bare = timer.lightning_means[1:], timer.bare_means[1:]
@@ -732,6 +796,8 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
             f"| {100 * of_means:+.1f} % | {100 * statistics.median(cpu_ratios):+.1f} % "
             f"| {'—' if args.tiny else met} |"
         )
+        if isinstance(model, PhasedVAE):
+            phase_rows[name] = _phase_rows(model.phases, bare_steps.phases, light, bare, args)
         out[name] = {
             "bare_ms": bare_ms,
             "lightning_means": light,
@@ -742,7 +808,65 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
             "target_met": median <= LIGHTNING_TARGET,
         }
     print(f"\nCores used by other processes during each fit: {'; '.join(loads)}.")
+    if phase_rows:
+        print(
+            "\nThe phases of a step, ms, medians of the per-block means "
+            "(forward: Lightning's `training_step`; optimizer step: Lightning's "
+            "`optimizer_step` less its closure):\n"
+        )
+        print(
+            "| Lightning config | phase | Lightning | bare loop | Lightning − bare, median of blocks (IQR) |"
+        )
+        print("|---|---|---|---|---|")
+        for name, rows in phase_rows.items():
+            for phase, (light_ms, bare_ms, diffs) in rows.items():
+                q = statistics.quantiles(diffs, n=4)
+                print(
+                    f"| {name} | {phase} | {light_ms:.2f} | {bare_ms:.2f} "
+                    f"| {statistics.median(diffs):+.3f} ({q[0]:+.3f} to {q[2]:+.3f}) |"
+                )
+            out[name]["phases"] = rows
     return out
+
+
+def _phase_rows(
+    light_phases: Phases,
+    bare_phases: Phases,
+    light_steps: list[tuple[float, float]],
+    bare_steps: list[tuple[float, float]],
+    args: argparse.Namespace,
+) -> dict[str, tuple[float, float, list[float]]]:
+    """Per phase: Lightning's and the bare loop's ms (medians of block means), per-block diffs.
+
+    Blocks are ``--block-steps`` consecutive steps in both loops (the first pair of
+    blocks left out, as for the steps); "between the phases" is the step less them.
+    """
+    block, skip = args.block_steps, args.block_skip
+
+    def block_means(seconds: list[float]) -> list[float]:
+        count = len(seconds) // block
+        return [
+            1e3 * statistics.mean(seconds[b * block + skip : (b + 1) * block])
+            for b in range(1, count)
+        ]
+
+    n = len(light_steps)
+    light = {phase: block_means(light_phases[phase])[:n] for phase in PHASES}
+    bare = {phase: block_means(bare_phases[phase])[:n] for phase in PHASES}
+    light["between the phases"] = [
+        1e3 * t - sum(light[phase][i] for phase in PHASES) for i, (t, _) in enumerate(light_steps)
+    ]
+    bare["between the phases"] = [
+        1e3 * t - sum(bare[phase][i] for phase in PHASES) for i, (t, _) in enumerate(bare_steps)
+    ]
+    return {
+        phase: (
+            statistics.median(light[phase]),
+            statistics.median(bare[phase]),
+            [a - b for a, b in zip(light[phase], bare[phase], strict=True)],
+        )
+        for phase in light
+    }
 
 
 def main() -> None:
