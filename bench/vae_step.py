@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import functools
 import inspect
 import json
 import logging
@@ -246,8 +247,9 @@ class BareSteps:
             t2 = time.perf_counter()
             self.optimizer.step()
             t3 = time.perf_counter()
-            for name, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2), strict=True):
-                self.phases[name].append(seconds)
+            self.phases["forward"].append(t1 - t0)
+            self.phases["backward"].append(t2 - t1)
+            self.phases["optimizer step"].append(t3 - t2)
             loss.item()
             batch = self._next_batch()
         self.fetched = batch
@@ -745,7 +747,9 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
     """
     block, skip = args.block_steps, args.block_skip
     steps = (args.blocks + 2) * (block + 1)
-    make: Callable[[], CategoricalVAE] = lambda: make_model(ESTIMATORS["gumbel"], PhasedVAE)  # noqa: E731
+    make: Callable[[], CategoricalVAE] = functools.partial(
+        make_model, ESTIMATORS["gumbel"], PhasedVAE
+    )
     if args.tiny:
         make = tiny_vae
         g = torch.Generator().manual_seed(0)
@@ -780,20 +784,20 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
         loads.append(f"{name}: {_others_cores(start):.2f}")
         # The first pair of blocks warms both loops up.
         light, bare = timer.lightning_means[1:], timer.bare_means[1:]
-        ratios = sorted(t / b - 1 for (t, _), (b, _) in zip(light, bare, strict=True))
-        cpu_ratios = [t / b - 1 for (_, t), (_, b) in zip(light, bare, strict=True)]
-        extra = sorted(1e3 * (t - b) for (t, _), (b, _) in zip(light, bare, strict=True))
-        extra_q = statistics.quantiles(extra, n=4)
-        median = statistics.median(ratios)
+        pairs = list(zip(light, bare, strict=True))
+        low, median, high = statistics.quantiles([t / b - 1 for (t, _), (b, _) in pairs], n=4)
+        extra_low, extra, extra_high = statistics.quantiles(
+            [1e3 * (t - b) for (t, _), (b, _) in pairs], n=4
+        )
+        cpu_ratio = statistics.median(t / b - 1 for (_, t), (_, b) in pairs)
         of_means = statistics.mean(t for t, _ in light) / statistics.mean(b for b, _ in bare) - 1
-        quartiles = statistics.quantiles(ratios, n=4)
         bare_ms = 1e3 * statistics.median(b for b, _ in bare)
         met = "yes" if median <= LIGHTNING_TARGET else "**no**"
         print(
             f"| {name} | {bare_ms:.2f} | {1e3 * statistics.median(t for t, _ in light):.2f} "
-            f"| {statistics.median(extra):+.2f} ({extra_q[0]:+.2f} to {extra_q[2]:+.2f}) "
-            f"| {100 * median:+.1f} % ({100 * quartiles[0]:+.1f} to {100 * quartiles[2]:+.1f}) "
-            f"| {100 * of_means:+.1f} % | {100 * statistics.median(cpu_ratios):+.1f} % "
+            f"| {extra:+.2f} ({extra_low:+.2f} to {extra_high:+.2f}) "
+            f"| {100 * median:+.1f} % ({100 * low:+.1f} to {100 * high:+.1f}) "
+            f"| {100 * of_means:+.1f} % | {100 * cpu_ratio:+.1f} % "
             f"| {'—' if args.tiny else met} |"
         )
         if isinstance(model, PhasedVAE):
@@ -802,7 +806,7 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
             "bare_ms": bare_ms,
             "lightning_means": light,
             "bare_means": bare,
-            "extra_ms": statistics.median(extra),
+            "extra_ms": extra,
             "overhead": median,
             "overhead_of_means": of_means,
             "target_met": median <= LIGHTNING_TARGET,
@@ -820,10 +824,10 @@ def run_blocks(args: argparse.Namespace, images: torch.Tensor, source: str) -> d
         print("|---|---|---|---|---|")
         for name, rows in phase_rows.items():
             for phase, (light_ms, bare_ms, diffs) in rows.items():
-                q = statistics.quantiles(diffs, n=4)
+                low, median, high = statistics.quantiles(diffs, n=4)
                 print(
                     f"| {name} | {phase} | {light_ms:.2f} | {bare_ms:.2f} "
-                    f"| {statistics.median(diffs):+.3f} ({q[0]:+.3f} to {q[2]:+.3f}) |"
+                    f"| {median:+.3f} ({low:+.3f} to {high:+.3f}) |"
                 )
             out[name]["phases"] = rows
     return out
@@ -921,8 +925,8 @@ def main() -> None:
         parser.error("--trials 0 times the Lightning loops only: add --only lightning")
     if args.tiny and (args.trials or not args.blocks):
         parser.error("--tiny times the blocks only: use it with --trials 0 --blocks N")
-    if args.tiny and args.profile:
-        parser.error("--profile compares with the VAE step, which --tiny does not time")
+    if args.profile and args.trials == 0:
+        parser.error("--profile compares with the bare step of the trials: needs --trials ≥ 1")
     if args.block_steps <= args.block_skip + 1:
         parser.error("--block-steps must exceed --block-skip + 1")
 
@@ -933,14 +937,11 @@ def main() -> None:
     loader = make_loader(images)
 
     results: dict[str, Any] = {"source": source, "args": vars(args)}
-    bare = float("nan")
     if args.trials > 0:
         trial_results, bare = run_trials(args, loader, source)
         results.update(trial_results)
     if args.blocks > 0:
         results["blocks"] = run_blocks(args, images, source)
-        if args.trials == 0 and not args.tiny:
-            bare = results["blocks"]["Lightning, bare config"]["bare_ms"]
 
     if args.profile:
         results["breakdown"] = overhead_breakdown(
