@@ -1,0 +1,6 @@
+"""torchmetrics `Metric`s the models need and torchmetrics lacks.
+
+They accumulate over an epoch and synchronize across processes like every
+torchmetrics metric: clustering scores of induced tags (`zoo.metrics.clustering`)
+and agreement of induced trees with gold trees (`zoo.metrics.trees`).
+"""
