@@ -15,10 +15,8 @@ CASES = [
         has_lengths=True,
     ),
     StructureCase(
-        "chain-ffbs-N3-C2-lengths",
-        lambda d, g: LinearChainCRF(
-            randn((2, 2, 2, 2), d, g), lengths=torch.tensor([3, 2]), relaxation="ffbs"
-        ),
+        "chain-N3-C2-lengths",
+        lambda d, g: LinearChainCRF(randn((2, 2, 2, 2), d, g), lengths=torch.tensor([3, 2])),
         has_lengths=True,
     ),
 ]

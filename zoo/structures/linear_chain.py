@@ -30,10 +30,13 @@ the work and memory:
 * `sample`: exact forward-filtering backward-sampling (FFBS; Carter & Kohn
   1994; Frühwirth-Schnatter 1994), inverse-CDF sampling at every backward
   step, all S samples in one sweep of batch (B, S).
-* `rsample_with_hard`: the Gumbel-CRF of Fu et al. (2020, "Latent Template
-  Induction with Gumbel-CRFs"): relaxed FFBS, whose hard path is an exact
-  sample and whose soft path replaces every Gumbel-max by a tempered softmax
-  (details in `LinearChainCRF`).
+* `gumbel_crf` (and `rsample_with_hard`, which returns it): the Gumbel-CRF
+  of Fu et al. (2020, "Latent Template Induction with Gumbel-CRFs"): relaxed
+  FFBS, whose hard path is an exact sample and whose soft path replaces every
+  Gumbel-max by a tempered softmax (details in `LinearChainCRF`). `rsample`
+  stays the base class's stochastic softmax trick (marginals of (θ + G)/τ);
+  which relaxation to train with is the estimator's choice
+  (`zoo.estimators.GumbelCRF` uses this one).
 * `entropy`: the chain rule H(y) = H(y_{L-1}) + Σ_n H(y_n | y_{n+1}), as
   accurate as the conditionals; A(θ) - ⟨θ, μ⟩ cancels catastrophically at
   large |θ| (with ties at |θ| ~ 1e4 in float32 it is off by hundreds).
@@ -56,7 +59,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,10 +68,6 @@ from zoo.structures.base import Structure, _as_size, _at_least_zero
 from zoo.structures.noise import gumbel_noise, safe_uniform
 
 __all__ = ["LinearChainCRF"]
-
-Relaxation = Literal["marginals", "ffbs"]
-_RELAXATIONS = ("marginals", "ffbs")
-
 
 # --------------------------------------------------------------------------- kernels
 # All kernels take flat tensors: θ (B, M, C, C) with M = N - 1 transitions,
@@ -238,14 +237,15 @@ class LinearChainCRF(Structure):
     positions; a length-1 chain has no transitions, so its only z is zero and
     A(θ) = 0 (see the module docstring).
 
-    Two relaxations of a sample are available:
+    Two relaxations of a sample are available, and the distribution stores
+    neither as a policy (the estimator picks one):
 
-    * ``relaxation="marginals"`` (default): `rsample` returns the marginals
-      of (θ + G)/τ with i.i.d. Gumbel G on every transition, the stochastic
-      softmax trick of Paulus et al. (2020) (the base-class relaxation).
-    * ``relaxation="ffbs"``: `rsample` returns the soft path of the Gumbel-CRF
-      (Fu et al. 2020), relaxed forward-filtering backward-sampling with
-      Gumbel noise G_n ∈ R^C on every position's label.
+    * `rsample`: the marginals of (θ + G)/τ with i.i.d. Gumbel G on every
+      transition, the stochastic softmax trick of Paulus et al. (2020) (the
+      base-class relaxation).
+    * `gumbel_crf`: the soft path of the Gumbel-CRF (Fu et al. 2020), relaxed
+      forward-filtering backward-sampling with Gumbel noise G_n ∈ R^C on every
+      position's label, together with its hard path.
 
     The Gumbel-CRF pair, drawn backwards from the last position with
     log q(y_n = c | y_{n+1} = c') = α_n(c) + θ[n, c', c] - α_{n+1}(c'):
@@ -266,20 +266,18 @@ class LinearChainCRF(Structure):
     forbidden (-inf) transitions, and equal to the hard path as τ → 0 (as
     Fu et al.'s). It costs O(S·B·N·C²), the size of the output.
 
-    `rsample_with_hard` always returns this pair, so straight-through Gumbel
-    uses an exact sample forward whatever ``relaxation`` says.
+    `rsample_with_hard` returns this pair too, so straight-through Gumbel
+    uses an exact sample forward.
 
     Args:
         log_potentials: θ, ``(*batch, N-1, C, C)``, θ[n, c', c] = φ(n, y_{n+1}=c',
             y_n=c); ``-inf`` forbids a transition.
         lengths: optional ``(*batch)`` integer number of positions, in [1, N].
-        relaxation: what `rsample` returns: ``"marginals"`` or ``"ffbs"``.
         validate_args: check θ for NaN and lengths for range.
 
     Raises:
         ValueError: θ not of shape ``(*batch, N-1, C, C)`` with square C×C
-            blocks and C ≥ 1, NaN in θ, lengths out of [1, N], an unknown
-            ``relaxation``.
+            blocks and C ≥ 1, NaN in θ, lengths out of [1, N].
 
     Example:
         >>> q = LinearChainCRF(torch.zeros(2, 3, 2, 2), lengths=torch.tensor([4, 2]))
@@ -290,20 +288,6 @@ class LinearChainCRF(Structure):
     """
 
     event_dim = 3
-
-    def __init__(
-        self,
-        log_potentials: Tensor,
-        lengths: Tensor | None = None,
-        relaxation: Relaxation = "marginals",
-        validate_args: bool | None = None,
-    ) -> None:
-        if relaxation not in _RELAXATIONS:
-            raise ValueError(
-                f"LinearChainCRF: relaxation must be one of {_RELAXATIONS}, got {relaxation!r}"
-            )
-        self.relaxation = relaxation
-        super().__init__(log_potentials, lengths=lengths, validate_args=validate_args)
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -328,9 +312,6 @@ class LinearChainCRF(Structure):
     def num_states(self) -> int:
         """C, the number of labels."""
         return self.log_potentials.shape[-1]
-
-    def _extra_args(self) -> dict[str, Any]:
-        return {"relaxation": self.relaxation}
 
     def _flat(self) -> tuple[Tensor, Tensor | None]:
         # An explicit batch size: reshape(-1, ...) is ambiguous when N - 1 = 0.
@@ -466,10 +447,26 @@ class LinearChainCRF(Structure):
         path = torch.stack(states[::-1], dim=-1).transpose(0, 1).reshape(count * batch, num + 1)
         return _indicators(path, full_pad, size, theta.dtype).reshape(out_shape)
 
-    def _gumbel_crf(
-        self, sample_shape: int | Sequence[int] | torch.Size, temperature: float | Tensor
+    def gumbel_crf(
+        self,
+        sample_shape: int | Sequence[int] | torch.Size = (),
+        temperature: float | Tensor = 1.0,
     ) -> tuple[Tensor, Tensor]:
-        """The Gumbel-CRF pair (hard FFBS path, relaxed path), all samples in one sweep."""
+        """The Gumbel-CRF pair of Fu et al. (2020): relaxed FFBS with one noise draw.
+
+        All samples are drawn in one backward sweep (details in the class
+        docstring).
+
+        Args:
+            sample_shape: leading sample dimensions S.
+            temperature: τ > 0 of the tempered softmaxes.
+
+        Returns:
+            ``(hard, soft)``, each ``(*S, *batch, N-1, C, C)``: ``hard`` an exact
+            FFBS sample (not differentiable) and ``soft`` the relaxed FFBS
+            transition indicators (differentiable in θ), a point of the marginal
+            polytope that tends to ``hard`` as τ → 0.
+        """
         shape = _as_size(sample_shape)
         count = math.prod(shape)
         theta, pad, _ = self._setup()
@@ -527,24 +524,18 @@ class LinearChainCRF(Structure):
         sample_shape: int | Sequence[int] | torch.Size = (),
         temperature: float | Tensor = 1.0,
     ) -> tuple[Tensor, Tensor]:
-        """The Gumbel-CRF pair (Fu et al. 2020) drawn with the same noise.
+        """The Gumbel-CRF pair (`gumbel_crf`): an exact FFBS sample and its relaxed path.
+
+        Unlike the base class, ``hard`` is not argmax(θ + G) for Gumbel noise
+        on the transitions but the FFBS path drawn with per-position noise, and
+        ``soft`` is its relaxed FFBS path, not marginals((θ + G)/τ); both are
+        what straight-through Gumbel wants: an exact sample forward, a
+        gradient through a relaxation of that very sample.
 
         Returns:
-            ``(hard, soft)``, each ``(*sample, *batch, N-1, C, C)``: ``hard`` an
-            exact FFBS sample (not differentiable), ``soft`` the relaxed FFBS
-            transition indicators at temperature τ (differentiable in θ).
+            ``(hard, soft)``, each ``(*sample, *batch, N-1, C, C)``.
         """
-        return self._gumbel_crf(sample_shape, temperature)
-
-    def rsample(
-        self,
-        sample_shape: int | Sequence[int] | torch.Size = (),
-        temperature: float | Tensor = 1.0,
-    ) -> Tensor:
-        """A relaxed sample: marginals of (θ + G)/τ, or the relaxed FFBS path (``relaxation``)."""
-        if self.relaxation == "ffbs":
-            return self._gumbel_crf(sample_shape, temperature)[1]
-        return super().rsample(sample_shape, temperature)
+        return self.gumbel_crf(sample_shape, temperature)
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         """Every label sequence as indicators, ``(C^L, *batch, N-1, C, C)`` (one z at L = 1)."""
