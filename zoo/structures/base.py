@@ -381,6 +381,33 @@ class Structure(Distribution):
         theta = self.log_potentials
         return gumbel_noise(shape, dtype=theta.dtype, device=theta.device)
 
+    def conditional_perturb_noise(
+        self, hard: Tensor, sample_shape: int | Sequence[int] | torch.Size = ()
+    ) -> Tensor:
+        """Perturbation noise conditioned on its MAP: G ~ `perturb_noise` given argmax(θ + G) = hard.
+
+        An optional hook for estimators that integrate the noise out given a
+        sample, such as Gumbel-Rao (Paulus, Maddison & Krause 2021). Drawing
+        ``hard ~ q`` and then G with this method gives G distributed exactly as
+        `perturb_noise`; every such G reproduces ``hard`` as argmax(θ + G).
+
+        Args:
+            hard: exact samples, ``(*S, *batch, *event)`` (S may be empty).
+            sample_shape: further leading dimensions, draws of G per ``hard``.
+
+        Returns:
+            G, ``(*sample_shape, *S, *batch, *event)``, in θ's dtype.
+
+        Raises:
+            NotImplementedError: the structure has no conditional sampler
+                (today `Categorical` and `Bernoulli` have one).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no conditional_perturb_noise: Gumbel noise conditioned "
+            f"on a structured MAP has no known exact sampler; it is implemented by Categorical "
+            f"and Bernoulli"
+        )
+
     def rsample_with_hard(
         self,
         sample_shape: int | Sequence[int] | torch.Size = (),

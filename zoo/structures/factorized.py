@@ -10,13 +10,19 @@ row (one-hot), θ of shape ``(*batch, N, K)``:
 
     q(z) = Π_n sigmoid(θ_n)^{z_n} sigmoid(-θ_n)^{1-z_n},    A(θ) = Σ_n softplus(θ_n).
 
-Everything is in closed form. With ``lengths``, variables n ≥ length are
+Everything is in closed form, including the noise conditioned on a sample
+that Gumbel-Rao needs (`conditional_perturb_noise`; Paulus, Maddison & Krause
+2021): for a categorical, the max of θ + G is logsumexp θ + Gumbel(0, 1) and
+the other entries are Gumbels truncated below it (the top-down construction of
+Maddison, Tarlow & Minka 2014, "A* Sampling"); for a bit, the Logistic noise is
+truncated to the side of -θ that z names. With ``lengths``, variables n ≥ length are
 padding: their z, marginals and gradients are 0 and they add nothing to A(θ).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -24,9 +30,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.structures.base import Structure, _as_size, _at_least_zero, _at_most_zero, sequence_mask
-from zoo.structures.noise import logistic_noise
+from zoo.structures.noise import gumbel_noise, logistic_noise, safe_uniform
 
 __all__ = ["Bernoulli", "Categorical"]
+
+
+def _noise_shape(q: Structure, hard: Tensor, sample_shape: int | Sequence[int] | torch.Size):
+    """Check ``hard`` against q's shapes; the shape of G, ``(*sample_shape, *hard.shape)``."""
+    try:
+        torch.broadcast_shapes(hard.shape, q.log_potentials.shape)
+        ok = hard.shape[hard.dim() - q.log_potentials.dim() :] == q.log_potentials.shape
+    except RuntimeError:
+        ok = False
+    if not ok or hard.dim() < q.log_potentials.dim():
+        raise ValueError(
+            f"{type(q).__name__}.conditional_perturb_noise: hard of shape {tuple(hard.shape)} "
+            f"must end with the shape {tuple(q.log_potentials.shape)} of log_potentials"
+        )
+    return _as_size(sample_shape) + hard.shape
+
+
+def _work(theta: Tensor) -> torch.dtype:
+    # Truncated noise is a difference of nearby numbers: float32 at least.
+    return torch.float64 if theta.dtype == torch.float64 else torch.float32
 
 
 class _Factorized(Structure):
@@ -117,6 +143,39 @@ class Categorical(_Factorized):
         index = perturbed.argmax(-1)
         return self._masked(F.one_hot(index, perturbed.shape[-1]).to(perturbed.dtype))
 
+    @torch.no_grad()
+    def conditional_perturb_noise(
+        self, hard: Tensor, sample_shape: int | Sequence[int] | torch.Size = ()
+    ) -> Tensor:
+        """Gumbel noise G given argmax(θ + G) = hard, top-down (see the module docstring).
+
+        The winner k* gets θ_{k*} + G_{k*} = M with M = logsumexp θ + Gumbel(0, 1);
+        every other k gets θ_k + G_k = -log(exp(-M) + exp(-(θ_k + g_k))), a
+        Gumbel of location θ_k truncated below M. Padded variables (all-zero
+        rows of ``hard``) and forbidden entries (θ = -inf) get unconditional
+        Gumbel noise.
+
+        Args:
+            hard: one-hot samples ``(*S, *batch, N, K)``.
+            sample_shape: further leading dimensions.
+
+        Returns:
+            G ``(*sample_shape, *S, *batch, N, K)``.
+        """
+        shape = _noise_shape(self, hard, sample_shape)
+        work = _work(self.log_potentials)
+        theta = self.log_potentials.detach().to(work)
+        free = gumbel_noise(shape, dtype=work, device=theta.device)  # g_k
+        top = torch.logsumexp(theta, -1, keepdim=True) + gumbel_noise(
+            shape[:-1] + (1,), dtype=work, device=theta.device
+        )  # M
+        top = top.clamp(min=torch.finfo(work).min)  # a padded row of -inf stays finite
+        below = -torch.logaddexp(-top, -(theta + free))
+        winner = hard.to(torch.bool)
+        noise = torch.where(winner, top - theta, below - theta)
+        real = winner.any(-1, keepdim=True) & (theta > -math.inf)
+        return torch.where(real, noise, free).to(self.log_potentials.dtype)
+
     def enumerate_support(self, expand: bool = True) -> Tensor:
         theta = self.log_potentials
         rows = self._combinations(theta.shape[-1])  # (K^L, N)
@@ -182,6 +241,40 @@ class Bernoulli(_Factorized):
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
         perturbed = self.log_potentials.detach() + self.perturb_noise(sample_shape)
         return self._masked((perturbed > 0).to(perturbed.dtype))
+
+    @torch.no_grad()
+    def conditional_perturb_noise(
+        self, hard: Tensor, sample_shape: int | Sequence[int] | torch.Size = ()
+    ) -> Tensor:
+        """Logistic noise L given 1[θ + L > 0] = hard: L truncated to the side z names.
+
+        By inverse CDF with V ~ Uniform(0, 1) and σ the sigmoid: for z = 1,
+        σ(L) = σ(-θ) + V σ(θ); for z = 0, σ(L) = V σ(-θ); both written in log
+        space so no cancellation occurs at large |θ|. Padded bits get
+        unconditional noise.
+
+        Args:
+            hard: 0/1 samples ``(*S, *batch, N)``.
+            sample_shape: further leading dimensions.
+
+        Returns:
+            L ``(*sample_shape, *S, *batch, N)``.
+        """
+        shape = _noise_shape(self, hard, sample_shape)
+        work = _work(self.log_potentials)
+        theta = self.log_potentials.detach().to(work)
+        v = safe_uniform(shape, dtype=work, device=theta.device)
+        log_v, log_1mv = v.log(), torch.log1p(-v)
+        on, off = F.logsigmoid(theta), F.logsigmoid(-theta)  # log σ(θ), log σ(-θ)
+        one = hard.to(torch.bool)
+        # L = log σ(L) - log(1 - σ(L)).
+        log_u = torch.where(one, torch.logaddexp(off, log_v + on), log_v + off)
+        log_1mu = torch.where(one, log_1mv + on, torch.logaddexp(on, log_1mv + off))
+        noise = log_u - log_1mu
+        mask = self._mask()
+        if mask is not None:
+            noise = torch.where(mask, noise, logistic_noise(shape, dtype=work, device=theta.device))
+        return noise.to(self.log_potentials.dtype)
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         theta = self.log_potentials
