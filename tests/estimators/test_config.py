@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import yaml
 
 from tests.conftest import REPO_ROOT
 from tests.models.cases import ESTIMATORS
+from zoo.config import as_estimator
 from zoo.estimators import (
     Estimator,
     Exact,
@@ -17,7 +21,6 @@ from zoo.estimators import (
     Reinforce,
     from_config,
 )
-from zoo.estimators.config import as_estimator
 
 PARTS = 6
 
@@ -126,3 +129,24 @@ def test_as_estimator_takes_an_estimator_or_a_config_and_nothing_else() -> None:
     assert isinstance(as_estimator({"class_path": "StraightThrough"}), Estimator)
     with pytest.raises(ValueError, match="inner_estimator must be .* got Linear"):
         as_estimator(torch.nn.Linear(1, 1), "inner_estimator")
+
+
+def test_zoo_config_imports_no_estimator_and_the_old_path_still_works() -> None:
+    # The serializer is generic: importing it must not pull in zoo.estimators
+    # (that was the estimators/base <-> estimators/config cycle).
+    code = "import sys, zoo.config; print(sorted(m for m in sys.modules if m.startswith('zoo.')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert out.stdout.strip() == "['zoo.config']"
+    import zoo.config
+    import zoo.estimators.config as old
+
+    assert old.from_config is zoo.config.from_config
+    assert old.Configurable is zoo.config.Configurable
+    assert old.as_estimator is zoo.config.as_estimator
+    # Checkpoints name estimators, not the serializer: their class paths still resolve.
+    built = zoo.config.from_config(
+        {"class_path": "zoo.estimators.reinforce.Reinforce", "init_args": {"num_samples": 2}}
+    )
+    assert isinstance(built, Reinforce)

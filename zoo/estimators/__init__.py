@@ -1,5 +1,6 @@
 """Gradient estimators for E_{z∼q}[f(z)], all with one interface (`Estimator`)."""
 
+from zoo.config import Configurable, from_config
 from zoo.estimators.base import CostFn, Estimate, Estimator, TemperedEstimator
 from zoo.estimators.baselines import (
     Baseline,
@@ -8,7 +9,6 @@ from zoo.estimators.baselines import (
     LeaveOneOutBaseline,
     MovingAverageBaseline,
 )
-from zoo.estimators.config import Configurable, from_config
 from zoo.estimators.exact import Exact
 from zoo.estimators.reinforce import Reinforce
 from zoo.estimators.relaxed import GumbelSoftmax, PerturbAndMAP, STGumbelSoftmax, StraightThrough

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from zoo.estimators.config import Configurable
+from zoo.config import Configurable
 from zoo.structures import Structure
 
 __all__ = ["CostFn", "Estimate", "Estimator", "TemperedEstimator"]
@@ -58,7 +58,7 @@ class Estimator(Configurable, nn.Module):
     """Estimates ∇ E_{z∼q}[f(z)] for a structure q.
 
     ``init_config()`` describes it as a ``class_path`` / ``init_args`` config
-    (`zoo.estimators.config`), which `from_config` builds again.
+    (`zoo.config`), which `from_config` builds again.
 
     Args:
         num_samples: S, the number of samples per batch element (≥ 1).
@@ -78,7 +78,18 @@ class Estimator(Configurable, nn.Module):
         raise NotImplementedError
 
     def evaluate(self, cost_fn: CostFn, z: Tensor, q: Structure) -> Tensor:
-        """``cost_fn(z)``, checked to be ``(S, *batch)``."""
+        """``cost_fn(z)``, checked to be ``(S, *batch)``, real and finite.
+
+        Integer and boolean costs (a count, a 0/1 loss) are cast to θ's
+        floating dtype. A NaN or infinite cost raises before any estimator
+        state (a baseline's running average) is touched: one NaN in a moving
+        average would turn every later gradient into NaN. The check is one
+        reduction and one read of a scalar per call.
+
+        Raises:
+            ValueError: a cost of the wrong shape, a complex cost, or non-finite costs
+                (the message names the estimator and counts the bad values).
+        """
         cost = cost_fn(z)
         expected = z.shape[: z.dim() - q.event_dim]
         if not isinstance(cost, Tensor) or cost.shape != expected:
@@ -87,7 +98,28 @@ class Estimator(Configurable, nn.Module):
                 f"{type(self).__name__}: cost_fn must map z of shape {tuple(z.shape)} to costs of "
                 f"shape {tuple(expected)} (samples, *batch), got {got}"
             )
+        if cost.is_complex():
+            raise ValueError(
+                f"{type(self).__name__}: cost_fn returned complex costs ({cost.dtype})"
+            )
+        if not cost.is_floating_point():
+            cost = cost.to(q.log_potentials.dtype)
+        self.check_finite(cost)
         return cost
+
+    def check_finite(self, cost: Tensor) -> None:
+        """Raise ValueError if ``cost`` holds a NaN or an infinity, with how many it holds."""
+        # amax propagates NaN and never overflows (a sum of large costs could):
+        # one reduction, one scalar read; the count is computed only on failure.
+        if cost.numel() and not bool(torch.isfinite(cost.detach().abs().amax())):
+            bad = cost.detach()
+            count = int((~torch.isfinite(bad)).sum())
+            nans = int(torch.isnan(bad).sum())
+            raise ValueError(
+                f"{type(self).__name__}: cost_fn returned {count} non-finite value(s) "
+                f"({nans} NaN, {count - nans} ±inf) among {bad.numel()} costs of shape "
+                f"{tuple(bad.shape)}; expected finite costs (no estimator state was updated)"
+            )
 
     @staticmethod
     def spread(cost: Tensor) -> dict[str, Tensor]:
@@ -104,7 +136,9 @@ class TemperedEstimator(Estimator):
     """An estimator with a temperature τ > 0, kept in a buffer so it reaches checkpoints.
 
     ``estimator.temperature`` reads and writes it as a plain float, which is
-    how an annealing callback sets it.
+    how an annealing callback sets it. Under data-parallel training it needs
+    no synchronization: the callback computes it from the global step, which
+    every rank shares, so every rank sets the same value.
 
     Args:
         temperature: τ > 0.

@@ -22,18 +22,37 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from zoo.estimators.config import Configurable
+from zoo.config import Configurable
 from zoo.structures import Structure
 
 __all__ = [
     "Baseline",
+    "global_mean",
     "GreedyBaseline",
     "LearnedBaseline",
     "LeaveOneOutBaseline",
     "MovingAverageBaseline",
 ]
+
+
+def global_mean(values: Tensor) -> Tensor:
+    """The mean of ``values`` over every element on every process, a 0-dim tensor.
+
+    Without ``torch.distributed`` (or with one process) this is ``values.mean()``.
+    Otherwise the sum and the count are all-reduced together, so ranks with
+    batches of different sizes still get the mean of the global batch. Every
+    rank must call it at the same step (as every rank of a DDP step does).
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values.mean()
+    # float64 so the sum of many costs stays exact enough; MPS has no float64.
+    work = torch.float32 if values.device.type == "mps" else torch.float64
+    total = torch.stack([values.sum().to(work), values.new_tensor(values.numel(), dtype=work)])
+    dist.all_reduce(total)
+    return (total[0] / total[1]).to(values.dtype)
 
 
 class Baseline(Configurable, nn.Module):
@@ -70,6 +89,12 @@ class MovingAverageBaseline(Baseline):
     The average is bias-corrected (as in Adam), so it starts at the first
     cost rather than at 0, and it is updated after use in training mode only.
 
+    Under data-parallel training (``torch.distributed`` initialized with more
+    than one process, as Lightning's DDP does) every rank updates from the
+    mean cost over all ranks (`global_mean`, one all-reduce of two numbers
+    per step), so the buffers agree across ranks and equal those of one
+    process that sees the whole global batch.
+
     Args:
         decay: weight of the old average, in [0, 1).
 
@@ -93,7 +118,8 @@ class MovingAverageBaseline(Baseline):
     @torch.no_grad()
     def update(self, cost: Tensor) -> None:
         if self.training:
-            self.average.mul_(self.decay).add_((1.0 - self.decay) * cost.mean().to(self.average))
+            mean = global_mean(cost).to(self.average)
+            self.average.mul_(self.decay).add_((1.0 - self.decay) * mean)
             self.steps.add_(1)
 
     def extra_repr(self) -> str:

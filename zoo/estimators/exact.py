@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from zoo.estimators.base import CostFn, Estimate, Estimator
+from zoo.estimators.support import support_size
 from zoo.structures import Structure
 
 __all__ = ["Exact"]
@@ -17,6 +18,20 @@ class Exact(Estimator):
     surrogate is the exact expectation, so its gradient is the exact gradient
     with respect to θ and to the cost's own parameters.
 
+    The support is counted before anything is allocated
+    (`zoo.estimators.support.support_size`): a 20 × 10 categorical has 10^20
+    outcomes, which would exhaust any memory, so supports larger than
+    ``max_support`` per batch element are refused. Memory is about
+    |Z| · batch · parts numbers, so the default (10^6) already needs a small
+    batch; lower it to fail earlier.
+
+    Args:
+        max_support: the largest |Z| per batch element that is enumerated (≥ 1).
+
+    Raises:
+        ValueError: ``max_support`` < 1; at call time, a structure whose support
+            exceeds it (the message gives the size).
+
     Example:
         >>> import torch
         >>> from zoo.structures import Categorical
@@ -26,10 +41,21 @@ class Exact(Estimator):
         tensor([0.6667])
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_support: int = 10**6) -> None:
         super().__init__(num_samples=1)
+        if isinstance(max_support, bool) or not isinstance(max_support, int) or max_support < 1:
+            raise ValueError(f"max_support must be an integer ≥ 1, got {max_support!r}")
+        self.max_support = max_support
 
     def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
+        size = support_size(q)
+        if size is not None and size > self.max_support:
+            raise ValueError(
+                f"Exact: {q!r} has {_readable(size)} structures per batch element, more than "
+                f"max_support={self.max_support:,}; enumerating them would need about "
+                f"{_readable(size * q.event_shape.numel())} numbers per batch element. Use a "
+                f"sampling estimator, or raise max_support if the memory is there"
+            )
         # Padded rows (batch elements with smaller supports) get weight 0.
         z, valid = q.enumerate_padded_support()  # (|Z|, *batch, *event), (|Z|, *batch)
         cost = self.evaluate(cost_fn, z, q)  # (|Z|, *batch)
@@ -38,4 +64,9 @@ class Exact(Estimator):
         return Estimate(z=z, cost=expected.detach(), surrogate=expected)
 
     def extra_repr(self) -> str:
-        return ""
+        return f"max_support={self.max_support}"
+
+
+def _readable(count: int) -> str:
+    """``1,000,000`` below 10^9, ``1e+20`` above (an exact int may have many digits)."""
+    return f"{count:,}" if count < 10**9 else f"{float(count):.3g}"
