@@ -182,10 +182,17 @@ def test_invalid_potentials_raise_value_error(case: StructureCase) -> None:
     index = tuple(torch.unravel_index(torch.tensor(last), theta.shape))
     with pytest.raises(ValueError, match=re.escape(f"first at index {tuple(map(int, index))}")):
         q.with_potentials(theta)
-    # +inf beside -inf sums to NaN without being NaN: not an error.
-    mixed = q.log_potentials.clone()
-    mixed.view(-1)[0], mixed.view(-1)[last] = float("inf"), -float("inf")
-    q.with_potentials(mixed)
+    # +inf (log Z = inf, NaN marginals before) is an error, also beside a -inf
+    # (their sum is NaN) and alone (the sum is +inf); -inf alone is allowed.
+    for other in (-float("inf"), 0.0):
+        mixed = q.log_potentials.clone()
+        mixed.view(-1)[1], mixed.view(-1)[last] = float("inf"), other
+        index = tuple(map(int, torch.unravel_index(torch.tensor(1), theta.shape)))
+        with pytest.raises(ValueError, match=re.escape(f"+inf (first at index {index})")):
+            q.with_potentials(mixed)
+    forbidden = q.log_potentials.clone()
+    forbidden.view(-1)[last] = -float("inf")
+    q.with_potentials(forbidden)
     with pytest.raises(ValueError, match="dimensions"):
         kind(torch.zeros(q.event_shape[1:] if q.event_dim > 1 else ()))
     n = q.max_length

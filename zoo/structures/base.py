@@ -59,10 +59,40 @@ def _at_least_zero(x: Tensor) -> Tensor:
     return x - x.detach().clamp(max=0)
 
 
+def _check_finite_or_forbidden(name: str, theta: Tensor) -> None:
+    """ValueError naming the first NaN or +inf of θ; -inf (a forbidden part) is allowed."""
+    for bad, what in ((torch.isnan(theta), "NaN"), (torch.isposinf(theta), "+inf")):
+        if bool(bad.any()):
+            index = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(
+                f"{name}: log_potentials of shape {tuple(theta.shape)} contain {what} "
+                f"(first at index {index}); expected real numbers or -inf (a forbidden part)"
+            )
+
+
+def _is_int(d: Any) -> bool:
+    if isinstance(d, Tensor):
+        return d.dim() == 0 and not (
+            d.is_floating_point() or d.is_complex() or d.dtype == torch.bool
+        )
+    return isinstance(d, int) and not isinstance(d, bool)
+
+
 def _as_size(sample_shape: int | Sequence[int] | torch.Size) -> torch.Size:
-    if isinstance(sample_shape, int):
-        return torch.Size((sample_shape,))
-    return torch.Size(sample_shape)
+    """A sample shape as torch.Size; TypeError for non-integers, ValueError for negatives.
+
+    ``0`` (or any zero entry) is allowed and gives an empty leading dimension.
+    """
+    sequence = isinstance(sample_shape, (Sequence, torch.Size)) and not isinstance(
+        sample_shape, str
+    )
+    dims = sample_shape if sequence else (sample_shape,)
+    if not all(_is_int(d) for d in dims):
+        raise TypeError(f"sample_shape must be an int or a sequence of ints, got {sample_shape!r}")
+    size = torch.Size(int(d) for d in dims)
+    if any(d < 0 for d in size):
+        raise ValueError(f"sample_shape must be nonnegative, got {tuple(size)}")
+    return size
 
 
 class Structure(Distribution):
@@ -116,18 +146,14 @@ class Structure(Distribution):
         batch_shape = log_potentials.shape[: log_potentials.dim() - self.event_dim]
         self._check_event_shape(event_shape)
         validate = Distribution._validate_args if validate_args is None else validate_args
-        # A NaN anywhere makes the sum NaN (so does +inf next to -inf, which the
-        # exact test then clears): one reduction, ~15x cheaper than isnan().any().
-        if (
-            validate
-            and bool(torch.isnan(log_potentials.detach().sum()))
-            and bool(torch.isnan(log_potentials).any())
-        ):
-            bad = torch.isnan(log_potentials).nonzero()[0].tolist()
-            raise ValueError(
-                f"{name}: log_potentials of shape {tuple(log_potentials.shape)} contain NaN "
-                f"(first at index {tuple(bad)}); expected real numbers or -inf"
-            )
+        # One reduction finds both NaN and +inf: the sum is then NaN or +inf
+        # (a -inf, a forbidden part, alone makes it -inf, which passes). Only
+        # then, or on a finite overflow, are the exact tests run. ~15x cheaper
+        # than isnan().any() | isposinf().any().
+        if validate and log_potentials.numel() > 0:
+            total = log_potentials.detach().sum()
+            if not bool(total < math.inf):
+                _check_finite_or_forbidden(name, log_potentials)
         self.log_potentials = log_potentials
         self.lengths = self._check_lengths(lengths, batch_shape, validate)
         super().__init__(batch_shape, event_shape, validate_args=False)
@@ -222,8 +248,10 @@ class Structure(Distribution):
 
     def _flat(self) -> tuple[Tensor, Tensor | None]:
         """θ as ``(B, *event)`` and lengths as ``(B,)``, B the product of the batch shape."""
-        theta = self.log_potentials.reshape(-1, *self.event_shape)
-        lengths = None if self.lengths is None else self.lengths.reshape(-1)
+        # An explicit B: reshape(-1, ...) is ambiguous for an empty batch or event.
+        size = math.prod(self.batch_shape)
+        theta = self.log_potentials.reshape(size, *self.event_shape)
+        lengths = None if self.lengths is None else self.lengths.reshape(size)
         return theta, lengths
 
     def _unflat(self, x: Tensor) -> Tensor:
@@ -281,12 +309,19 @@ class Structure(Distribution):
             )
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """log q(z) = ⟨θ, z⟩ - A(θ): ``(*sample, *batch, *event)`` → ``(*sample, *batch)``."""
-        return _at_most_zero(self.score(value) - self.log_partition())
+        """log q(z) = ⟨θ, z⟩ - A(θ): ``(*sample, *batch, *event)`` → ``(*sample, *batch)``.
+
+        -inf for every z where the support is empty (A(θ) = -inf).
+        """
+        log_z = self.log_partition()
+        log_p = self.score(value) - log_z
+        return _at_most_zero(torch.where(log_z == -math.inf, -math.inf, log_p))
 
     def entropy(self) -> Tensor:
-        """H(q) = A(θ) - ⟨θ, μ⟩, shape ``(*batch)``."""
-        return _at_least_zero(self.log_partition() - self.score(self.marginals()))
+        """H(q) = A(θ) - ⟨θ, μ⟩, shape ``(*batch)``; 0 where the support is empty."""
+        log_z = self.log_partition()
+        h = _at_least_zero(log_z - self.score(self.marginals()))
+        return torch.where(log_z == -math.inf, 0.0, h)
 
     @property
     def mean(self) -> Tensor:
@@ -363,9 +398,17 @@ class Structure(Distribution):
         spaces only); structures override it with their own exact sampler.
         """
         shape = _as_size(sample_shape)
+        if math.prod(shape) == 0 or math.prod(self.batch_shape) == 0:
+            return self.log_potentials.new_zeros(shape + self.batch_shape + self.event_shape)
         support = self.enumerate_support()  # (|Z|, *batch, *event)
         probs = self.log_prob(support).exp().reshape(support.shape[0], -1)  # (|Z|, B)
-        index = torch.multinomial(probs.T, max(math.prod(shape), 1), replacement=True)  # (B, S)
+        empty = probs.sum(0) == 0
+        if bool(empty.any()):
+            raise ValueError(
+                f"{type(self).__name__}.sample: the support is empty (every structure uses a "
+                f"forbidden -inf part) at flat batch index {empty.nonzero()[:, 0].tolist()}"
+            )
+        index = torch.multinomial(probs.T, math.prod(shape), replacement=True)  # (B, S)
         flat = support.reshape(support.shape[0], probs.shape[1], -1)  # (|Z|, B, E)
         batch = torch.arange(probs.shape[1], device=index.device)
         z = flat[index.T, batch]  # (S, B, E)
@@ -423,19 +466,29 @@ class Structure(Distribution):
             Gumbel-Softmax (Concrete) relaxation; for chains and trees ``soft`` is
             the stochastic softmax trick of Paulus et al. (2020).
         """
-        perturbed = self.log_potentials + self.perturb_noise(sample_shape)
-        hard = self._internal(perturbed.detach()).argmax()
+        perturbed = self._perturbed(sample_shape)
+        hard = self._internal(perturbed.detach()).argmax().to(self.log_potentials.dtype)
         soft = self._internal(perturbed / temperature).marginals()
-        return hard, soft
+        return hard, soft.to(self.log_potentials.dtype)
+
+    def _perturbed(self, sample_shape: int | Sequence[int] | torch.Size) -> Tensor:
+        """θ + G in at least float32: (θ + G)/τ overflows float16 at |θ| ~ 1e3, τ = 0.01."""
+        theta = self.log_potentials
+        work = torch.promote_types(theta.dtype, torch.float32)
+        return theta.to(work) + self.perturb_noise(sample_shape).to(work)
 
     def rsample(
         self,
         sample_shape: int | Sequence[int] | torch.Size = (),
         temperature: float | Tensor = 1.0,
     ) -> Tensor:
-        """A relaxed, reparameterized sample ``marginals((θ + G) / τ)``."""
-        perturbed = self.log_potentials + self.perturb_noise(sample_shape)
-        return self._internal(perturbed / temperature).marginals()
+        """A relaxed, reparameterized sample ``marginals((θ + G) / τ)``.
+
+        Computed in at least float32 and cast back to θ's dtype, so that
+        half-precision θ of large magnitude at a small τ gives no NaN.
+        """
+        perturbed = self._perturbed(sample_shape)
+        return self._internal(perturbed / temperature).marginals().to(self.log_potentials.dtype)
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self._extra_args().items())

@@ -17,7 +17,10 @@ the transitions:
 Everything is the O(N·C²) forward algorithm above (Rabiner 1989; Lafferty
 et al. 2001), written as a sequential loop over `unbind` slices, never
 torch-struct's O(N·C³) parallel scan (Rush 2020), which on CPU costs C times
-the work and memory:
+the work and memory. The forward algorithm is the chain's `inside` pass over
+`zoo.structures.chart`'s semirings, which alone would give every exact query
+(`ChartStructure`); the hand-written paths below are faster and override it
+(the tests compare each with the generic one):
 
 * `log_partition`: the forward recursion, with an explicit backward pass.
   The gradient at transition n is q(y_{n+1} = c') · q(y_n = c | y_{n+1} = c'),
@@ -64,7 +67,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zoo.structures.base import Structure, _as_size, _at_least_zero
+from zoo.structures.base import _as_size, _at_least_zero
+from zoo.structures.chart import ChartStructure, Semiring, clamp_forbidden, work_dtype
 from zoo.structures.noise import gumbel_noise, safe_uniform
 
 __all__ = ["LinearChainCRF"]
@@ -228,7 +232,7 @@ def _indicators(states: Tensor, pad: Tensor | None, size: int, dtype: torch.dtyp
 
 
 # --------------------------------------------------------------------------- structure
-class LinearChainCRF(Structure):
+class LinearChainCRF(ChartStructure):
     r"""A linear-chain CRF over label sequences, in torch-struct's transition layout.
 
     ``z[..., n, c', c] = 1`` iff the sequence moves from label c at position n
@@ -330,6 +334,23 @@ class LinearChainCRF(Structure):
         return theta, _pad_mask(lengths, num), single
 
     # ---------------------------------------------------------- exact oracles
+    def inside(self, theta: Tensor, lengths: Tensor | None, semiring: Semiring) -> Tensor:
+        """The forward algorithm over a semiring, ``(B,)``; the generic path of every query.
+
+        Overridden by the faster `log_partition`, `marginals`, `argmax` and
+        `sample` below; kept as their reference.
+        """
+        theta = clamp_forbidden(theta.to(work_dtype(theta.dtype)), self.chart_size)
+        batch, num, size, _ = theta.shape
+        pad = _pad_mask(lengths, num)
+        alpha = theta.new_zeros(batch, size)
+        for n, step in enumerate(theta.unbind(1)):
+            nxt = semiring(alpha.unsqueeze(-2) + step, -1)
+            alpha = nxt if pad is None else torch.where(pad[:, n : n + 1], alpha, nxt)
+        value = semiring(alpha, -1)
+        single = (lengths == 1) if lengths is not None else torch.tensor(num == 0)
+        return torch.where(single.to(theta.device), 0.0, value)  # L = 1: the only z is 0
+
     def log_partition(self) -> Tensor:
         theta, pad, single = self._setup()
         alpha = _filter(theta, pad)  # N = 1 (no transitions) is a single chain of length 1

@@ -1,4 +1,4 @@
-r"""Binary constituency trees over spans (`TreeCRF`), and the chart machinery of all tree DPs.
+r"""Binary constituency trees over spans (`TreeCRF`) by CKY.
 
 `TreeCRF`: z ∈ {0, 1}^{N×N×L} marks the spans of a binary bracketing of N
 words, each span with one of L labels. A binary tree over words 0..N-1 has
@@ -18,172 +18,35 @@ algorithm), in log space:
 
 with s[i, j] = logsumexp_l θ[i, j, l]: O(N³) work in N - 1 steps, one short
 sequence of tensor operations per span width (all spans of one width at once,
-batched). As in torch-struct, one program serves every query by changing its
-reduction (Goodman 1999, "Semiring parsing"): logsumexp gives A(θ) and, by
-autograd, the marginals; max gives the best tree by autograd (Viterbi
-backtracking); a logsumexp whose backward pass *samples* one term in
-proportion to its weight gives exact samples (top-down sampling from the
-inside chart, the forward-filtering backward-sampling of trees).
-
-The chart helpers here (`_chart_indicator`, `_clamp_forbidden`, the
-reductions) are shared with the Eisner program of `zoo.structures.dependency`.
+batched). The pass is written once over `zoo.structures.chart`'s semirings
+(Goodman 1999, "Semiring parsing"): logsumexp gives A(θ) and, by autograd,
+the marginals; max gives the best tree by autograd (Viterbi backtracking); a
+logsumexp whose backward pass *samples* one term in proportion to its weight
+gives exact samples (top-down sampling from the inside chart, the
+forward-filtering backward-sampling of trees).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from zoo.structures.base import Structure, _as_size
-from zoo.structures.noise import safe_uniform
+from zoo.structures.chart import (
+    ChartStructure,
+    Semiring,
+    at_lengths,
+    clamp_forbidden,
+    work_dtype,
+)
 
 __all__ = ["TreeCRF"]
 
-Reduce = Callable[[Tensor, int], Tensor]
-"""A semiring sum over one dimension: logsumexp, max or sampled logsumexp."""
-
-
-# ------------------------------------------------------------------ reductions
-def _logsumexp(x: Tensor, dim: int) -> Tensor:
-    return torch.logsumexp(x, dim)
-
-
-def _max(x: Tensor, dim: int) -> Tensor:
-    # max(dim) (not amax) sends the whole gradient to one maximiser, so the
-    # gradient of the max-inside value is the indicator of one best structure
-    # even where scores tie.
-    return x.max(dim).values
-
-
-_SAMPLES_PER_PASS = 16
-"""Samples drawn by one pass of the chart: their bits 2^0..2^15 add up exactly in float32."""
-
-
-class _SampledLogsumexp(torch.autograd.Function):
-    """logsumexp forward; backward draws, for every sample, one term ∝ exp(x).
-
-    The gradient reaching an item is a bitmask: bit k is set when sample k
-    uses the item (as torch-struct's MultiSampledSemiring does). Backward
-    draws, independently for every sample and item, which term builds the
-    item, and sends bit k down to that term. Differentiating an inside pass
-    built from this reduction therefore walks the chart top-down once and
-    draws S exact samples at the cost of one backward pass.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, samples: int) -> Tensor:
-        out = torch.logsumexp(x, -1)
-        ctx.samples = samples
-        ctx.save_for_backward(x, out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        x, out = ctx.saved_tensors
-        # Inverse-CDF draws: x is finite (see `_clamp_forbidden`), the CDF rises
-        # from 0 to about 1, and u lies in (0, CDF[-1]].
-        cdf = (x - out.unsqueeze(-1)).exp().cumsum(-1)
-        u = safe_uniform((*out.shape, ctx.samples), x.dtype, x.device) * cdf[..., -1:]
-        choice = torch.searchsorted(cdf, u).clamp_(max=x.shape[-1] - 1)  # (..., S)
-        bit = 2 ** torch.arange(ctx.samples, device=x.device)
-        used = (grad.to(torch.long).unsqueeze(-1) & bit) != 0  # (..., S): sample k uses the item
-        weight = torch.where(used, bit.to(x.dtype), 0.0)
-        return torch.zeros_like(x).scatter_add_(-1, choice, weight), None
-
-
-def _sampled_logsumexp(samples: int) -> Reduce:
-    """The reduction whose backward pass draws ``samples`` (≤ 16) samples at once."""
-
-    def reduce(x: Tensor, dim: int) -> Tensor:
-        return _SampledLogsumexp.apply(x.movedim(dim, -1), samples)
-
-    return reduce
-
-
-def _clamp_forbidden(theta: Tensor, size: int) -> Tensor:
-    """θ with -inf (a forbidden part) raised to a very negative finite value.
-
-    A logsumexp over only -inf terms has a NaN gradient even where nothing
-    flows into it, and charts hold such items wherever a part is forbidden.
-    The floor ``finfo.min / (4 size)`` keeps every chart value (a sum of at most
-    ``2 size`` potentials) finite while exp of it is still exactly 0 next to any
-    real score; a clamp passes no gradient to the parts it raises, which is
-    right for parts whose marginal is 0.
-    """
-    return theta.clamp(min=torch.finfo(theta.dtype).min / (4 * max(size, 1)))
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Half-precision charts lose too much in long sums; work in float32 there.
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _chart_indicator(
-    program: Callable[[Tensor], Tensor], theta: Tensor, seed: float = 1.0
-) -> Tensor:
-    """∂ program(θ) / ∂θ (seeded with ``seed`` per batch element) on a detached copy of θ.
-
-    With a max reduction this is the MAP indicator, with the sampled
-    logsumexp a bitmask of samples (``seed`` = 2^S - 1 starts all S of them).
-    Works in any grad mode, ``torch.no_grad`` and ``torch.inference_mode``
-    included (the copy is made outside inference mode); the result carries
-    no gradient.
-    """
-    with torch.inference_mode(False), torch.enable_grad():
-        leaf = theta.detach().clone().requires_grad_(True)
-        value = program(leaf)
-        (grad,) = torch.autograd.grad(value, leaf, torch.full_like(value, seed))
-    return grad.detach()
-
-
-def _chart_samples(
-    inside: Callable[[Tensor, Tensor | None, Reduce], Tensor],
-    theta: Tensor,
-    lengths: Tensor | None,
-    num: int,
-) -> Tensor:
-    """``num`` exact samples ``(num, *theta.shape)`` from an inside program.
-
-    Sixteen samples ride on the bits of one backward pass; more samples take
-    ⌈num / 16⌉ copies of θ stacked along the batch, still one pass.
-
-    Args:
-        inside: ``inside(θ, lengths, reduce)``, the inside value ``(B,)``.
-        theta: ``(B, *event)`` potentials.
-        lengths: ``(B,)`` or None.
-        num: how many samples.
-    """
-    theta = theta.detach().to(_work_dtype(theta.dtype))  # bits must add up exactly
-    if num == 0:
-        return theta.new_zeros(0, *theta.shape)
-    per = min(num, _SAMPLES_PER_PASS)
-    copies = -(-num // per)
-    many = theta.expand(copies, *theta.shape).reshape(-1, *theta.shape[1:])  # (copies·B, ...)
-    many_lengths = None if lengths is None else lengths.repeat(copies)
-    reduce = _sampled_logsumexp(per)
-    bits = _chart_indicator(lambda t: inside(t, many_lengths, reduce), many, float(2**per - 1))
-    bit = 2 ** torch.arange(per, device=theta.device).view(-1, *([1] * many.dim()))
-    z = ((bits.to(torch.long).unsqueeze(0) & bit) != 0).to(theta.dtype)  # (per, copies·B, ...)
-    z = z.reshape(per, copies, *theta.shape).transpose(0, 1).reshape(-1, *theta.shape)
-    return z[:num]
-
-
-def _at_lengths(chart: Tensor, lengths: Tensor | None) -> Tensor:
-    """The whole sentence's value: ``chart[:, length]`` (B,), or the last column without lengths."""
-    if lengths is None:
-        return chart[:, -1]
-    if lengths.is_inference():
-        lengths = lengths.clone()  # autograd cannot save an inference tensor as the index
-    return chart.gather(-1, lengths.unsqueeze(-1)).squeeze(-1)
-
 
 # ------------------------------------------------------------------------ CKY
-def _cky(spans: Tensor, lengths: Tensor | None, reduce: Reduce) -> Tensor:
+def _cky(spans: Tensor, lengths: Tensor | None, reduce: Semiring) -> Tensor:
     """The CKY inside value of the whole sentence.
 
     Args:
@@ -217,7 +80,7 @@ def _cky(spans: Tensor, lengths: Tensor | None, reduce: Reduce) -> Tensor:
         starts = torch.cat([left, beta.unsqueeze(-1)], -1)
         ends = torch.cat([beta.unsqueeze(-1), right], -1)
     root = starts[:, 0]  # (B, N): β[0, w-1] for every width w
-    return _at_lengths(root, None if lengths is None else lengths - 1) + leaves.sum(-1)
+    return at_lengths(root, None if lengths is None else lengths - 1) + leaves.sum(-1)
 
 
 @lru_cache(maxsize=64)
@@ -237,7 +100,7 @@ def _bracketings(n: int) -> tuple[tuple[tuple[int, int], ...], ...]:
     return tuple(build(0, n - 1))
 
 
-class TreeCRF(Structure):
+class TreeCRF(ChartStructure):
     """Binary constituency trees over spans with L labels (CKY).
 
     Args:
@@ -278,37 +141,24 @@ class TreeCRF(Structure):
     def max_length(self) -> int:
         return self.log_potentials.shape[-2]
 
+    @property
+    def chart_size(self) -> int:
+        return 2 * self.max_length
+
     # ------------------------------------------------------------- inside pass
     def _prepared(self, theta: Tensor, lengths: Tensor | None) -> Tensor:
         """θ ``(B, N, N, L)`` made safe for the chart: finite, padded spans set to 0."""
-        theta = _clamp_forbidden(theta.to(_work_dtype(theta.dtype)), 2 * self.max_length)
+        theta = clamp_forbidden(theta.to(work_dtype(theta.dtype)), self.chart_size)
         if lengths is not None:
             inside = torch.arange(self.max_length, device=theta.device) < lengths[:, None]
             theta = theta.masked_fill(~(inside[:, :, None] & inside[:, None, :])[..., None], 0.0)
         return theta
 
-    def _inside(self, theta: Tensor, lengths: Tensor | None, reduce: Reduce) -> Tensor:
-        """The inside value ``(B,)`` of flat θ ``(B, N, N, L)``."""
+    def inside(self, theta: Tensor, lengths: Tensor | None, semiring: Semiring) -> Tensor:
+        """The CKY inside value ``(B,)`` of flat θ ``(B, N, N, L)``."""
         theta = self._prepared(theta, lengths)
         # Labels are independent given the bracketing: reduce them first.
-        return _cky(reduce(theta, -1), lengths, reduce)
-
-    def log_partition(self) -> Tensor:
-        theta, lengths = self._flat()
-        value = self._inside(theta, lengths, _logsumexp)
-        return self._unflat(value.to(theta.dtype))
-
-    def argmax(self) -> Tensor:
-        theta, lengths = self._flat()
-        z = _chart_indicator(lambda t: self._inside(t, lengths, _max), theta)
-        return self._unflat(z)
-
-    @torch.no_grad()
-    def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
-        shape = _as_size(sample_shape)
-        theta, lengths = self._flat()
-        z = _chart_samples(self._inside, theta, lengths, shape.numel())
-        return z.to(theta.dtype).reshape(*shape, *self.batch_shape, *self.event_shape)
+        return _cky(semiring(theta, -1), lengths, semiring)
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         n_words, labels = self.max_length, self.log_potentials.shape[-1]
