@@ -6,6 +6,7 @@
   and plots (`zoo.compare`, reading the runs back with `zoo.lab.events`).
 """
 
+from zoo.lab.checkpoint import FinalCheckpoint
 from zoo.lab.statistics import (
     GradientStatistics,
     Reference,
@@ -16,6 +17,7 @@ from zoo.lab.statistics import (
 )
 
 __all__ = [
+    "FinalCheckpoint",
     "GradientStatistics",
     "Reference",
     "gradient_statistics",

@@ -1,0 +1,183 @@
+"""python -m zoo.compare end to end on tiny synthetic data: CSV, markdown and PNG files; reruns skip."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo.compare import main, parse_settings
+from zoo.lab.events import Series, over_seeds
+
+BASE = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_epochs: 1
+  log_every_n_steps: 1
+  val_check_interval: 3
+  enable_progress_bar: false
+  enable_model_summary: false
+model:
+  class_path: zoo.models.CategoricalVAE
+  init_args:
+    estimator:
+      class_path: zoo.estimators.GumbelSoftmax
+    num_variables: 3
+    num_classes: 4
+    hidden_sizes: [8]
+    lr: 1.0e-2
+    num_importance_samples: 0
+data:
+  class_path: zoo.data.SyntheticBinaryDataModule
+  init_args:
+    dim: 16
+    num_train: 64
+    num_val: 16
+    num_test: 16
+    batch_size: 16
+    num_prototypes: 3
+"""
+GUMBEL = "class_path: zoo.estimators.GumbelSoftmax\ninit_args:\n  temperature: 0.7\n"
+LOO = (
+    "class_path: zoo.estimators.Reinforce\ninit_args:\n  num_samples: 3\n"
+    "  baseline:\n    class_path: zoo.estimators.LeaveOneOutBaseline\n"
+)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    paths = {"base": BASE, "gumbel": GUMBEL, "loo": LOO}
+    for name, text in paths.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    return {name: tmp_path / f"{name}.yaml" for name in paths}
+
+
+def compare(files: dict[str, Path], out: Path, *extra: str) -> int:
+    return main(
+        [
+            "--config", str(files["base"]),
+            "--estimators", str(files["gumbel"]), f"loo={files['loo']}",
+            "--seeds", "2", "--max_steps", "4", "--out", str(out),
+            "--jobs", "0", "--grad_every", "2", "--grad_probes", "4", "--grad_examples", "8",
+            *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_two_estimators_two_seeds_end_to_end_and_a_rerun_skips(files, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert compare(files, out) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["setting"], r["seed"], r["status"]) for r in rows] == [
+        ("gumbel", "0", "finished"),
+        ("gumbel", "1", "finished"),
+        ("loo", "0", "finished"),
+        ("loo", "1", "finished"),
+    ]
+    assert all(r["steps"] == "4" for r in rows)
+    for row in rows:
+        assert float(row["val/neg_elbo"]) > 0
+        assert float(row["grad/variance (mean)"]) > 0
+        assert float(row["wall_s"]) > 0
+    # Seeds differ, so the runs do; the table averages them.
+    assert rows[0]["val/neg_elbo"] != rows[1]["val/neg_elbo"]
+    table = (out / "results.md").read_text()
+    assert "| gumbel | 2 |" in table and "| loo | 2 |" in table and "±" in table
+    for name in ("learning_curves", "gradients", "wall_time"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = json.loads((out / "runs" / "loo" / "seed_1" / "done.json").read_text())
+    assert "--model.estimator" in done["fit"]
+
+    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("events.out.tfevents.*")}
+    assert compare(files, out) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished before, skipped") == 4
+    assert {
+        p: p.stat().st_mtime_ns for p in (out / "runs").rglob("events.out.tfevents.*")
+    } == stamps
+    assert (
+        list(csv.DictReader((out / "results.csv").open()))[0]["val/neg_elbo"]
+        == rows[0]["val/neg_elbo"]
+    )
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(files, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("class_path: zoo.estimators.NoSuchEstimator\n")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "--config", str(files["base"]), "--estimators", str(bad), str(files["gumbel"]),
+            "--max_steps", "2", "--out", str(out), "--jobs", "0", "--grad_every", "0",
+        ]
+    )  # fmt: skip
+    assert code == 1
+    assert "bad seed 0: FAILED" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["failed", "finished"]
+    assert "Not finished: bad seed 0" in (out / "results.md").read_text()
+
+
+def test_settings_are_read_and_checked(tmp_path, files) -> None:
+    overlay = tmp_path / "fixed.yaml"
+    overlay.write_text("model:\n  init_args:\n    lr: 0.1\n")
+    settings = parse_settings([str(files["gumbel"]), f"hot={overlay}"])
+    assert [(s.name, s.kind) for s in settings] == [("gumbel", "estimator"), ("hot", "config")]
+    assert settings[1].args() == ["--config", str(overlay)]
+    with pytest.raises(ValueError, match="share the names"):
+        parse_settings([str(files["gumbel"]), str(files["gumbel"])])
+    with pytest.raises(ValueError, match="no file"):
+        parse_settings([str(tmp_path / "missing.yaml")])
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ValueError, match="expected an estimator file"):
+        parse_settings([str(tmp_path / "list.yaml")])
+
+
+def test_bad_arguments_exit_with_a_message(files, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--config", str(files["base"]), "--estimators", str(files["gumbel"]),
+              "--out", str(tmp_path), "--seeds", "0"])  # fmt: skip
+    assert "--seeds must be ≥ 1, got 0" in capsys.readouterr().err
+
+
+def test_bands_over_seeds_on_common_steps() -> None:
+    a = Series(
+        steps=np.array([0, 1, 2]),
+        values=np.array([1.0, 2.0, 3.0]),
+        wall=np.array([0.0, 1.0, 2.0]),
+    )
+    b = Series(
+        steps=np.array([1, 2, 3]),
+        values=np.array([4.0, 5.0, 6.0]),
+        wall=np.array([0.0, 3.0, 4.0]),
+    )
+    band = over_seeds([a, b])
+    assert band.steps.tolist() == [1, 2]
+    assert band.mean.tolist() == [3.0, 4.0]
+    assert band.std.tolist() == pytest.approx([2**0.5, 2**0.5])
+    assert band.wall.tolist() == [0.5, 2.5]
+
+
+@pytest.mark.slow
+def test_subprocess_runs_two_at_a_time_with_test_and_logs(files, tmp_path) -> None:
+    out = tmp_path / "out"
+    code = main(
+        [
+            "--config", str(files["base"]), "--estimators", str(files["gumbel"]), str(files["loo"]),
+            "--max_steps", "4", "--out", str(out), "--jobs", "2", "--threads", "1",
+            "--grad_every", "2", "--grad_probes", "4", "--test",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["finished", "finished"]
+    assert all(float(r["test/neg_elbo"]) > 0 and r["steps"] == "4" for r in rows)
+    log = (out / "runs" / "gumbel" / "seed_0" / "train.log").read_text()
+    assert log.startswith("$ python train.py fit --config")
+    assert "$ python train.py test --config" in log
