@@ -9,8 +9,12 @@
   ≈ 6e-7 per coordinate under unbiasedness; seeds are fixed).
 * Relaxed and straight-through estimators are biased by design; only their
   documented behaviour is asserted here (valid hard z, the relaxation tending
-  to the hard sample as τ → 0). Their measured bias is printed by
+  to the hard sample as τ → 0, a bias that shows against `Exact` while the
+  direction stays right). Their measured bias is printed by
   ``python bench/estimators.py``.
+* Estimators made for one kind of structure (ARM and DisARM for Bernoulli,
+  Gumbel-CRF for chains, Gumbel-Rao where conditional noise exists) run on
+  the cases they apply to and raise a TypeError naming any other.
 """
 
 from __future__ import annotations
@@ -23,9 +27,14 @@ import torch
 
 from tests.cases import STRUCTURE_CASES, StructureCase
 from zoo.estimators import (
+    ARM,
+    VIMCO,
+    DisARM,
     Estimator,
     Exact,
     GreedyBaseline,
+    GumbelCRF,
+    GumbelRao,
     GumbelSoftmax,
     LearnedBaseline,
     LeaveOneOutBaseline,
@@ -35,7 +44,7 @@ from zoo.estimators import (
     STGumbelSoftmax,
     StraightThrough,
 )
-from zoo.structures import Structure
+from zoo.structures import Bernoulli, Categorical, LinearChainCRF, Structure
 from zoo.testing import check_estimator
 
 
@@ -47,12 +56,18 @@ class EstimatorCase:
         name: test id.
         make: builds the estimator for a structure (some need its size).
         kind: "exact", "unbiased" (score function), "relaxed" (cost sees
-            relaxed z), or "hard" (cost sees discrete z, biased gradient).
+            relaxed z), "hard" (cost sees discrete z, biased gradient), or
+            "bound" (VIMCO: unbiased for its own multi-sample objective, tested
+            in test_new_estimators).
+        applies: the structures it is made for (the others must raise TypeError).
+        rows_per_sample: cost evaluations per sample (2 for antithetic pairs).
     """
 
     name: str
     make: Callable[[Structure], Estimator]
     kind: str
+    applies: Callable[[Structure], bool] = lambda q: True
+    rows_per_sample: int = 1
 
     def __str__(self) -> str:
         return self.name
@@ -60,6 +75,18 @@ class EstimatorCase:
 
 def _parts(q: Structure) -> int:
     return q.event_shape.numel()
+
+
+def _is_bernoulli(q: Structure) -> bool:
+    return isinstance(q, Bernoulli)
+
+
+def _is_chain(q: Structure) -> bool:
+    return isinstance(q, LinearChainCRF)
+
+
+def _has_rao(q: Structure) -> bool:
+    return isinstance(q, (Bernoulli, Categorical))
 
 
 ESTIMATORS = [
@@ -80,10 +107,38 @@ ESTIMATORS = [
         "reinforce_learned", lambda q: Reinforce(1, LearnedBaseline(_parts(q), 16)), "unbiased"
     ),
     EstimatorCase("reinforce_greedy", lambda q: Reinforce(2, GreedyBaseline()), "unbiased"),
+    EstimatorCase("vimco", lambda q: VIMCO(3), "bound"),
+    EstimatorCase("arm", lambda q: ARM(2), "unbiased", _is_bernoulli, rows_per_sample=2),
+    EstimatorCase("disarm", lambda q: DisARM(2), "unbiased", _is_bernoulli, rows_per_sample=2),
+    EstimatorCase(
+        "gumbel_rao", lambda q: GumbelRao(0.5, num_rao=4, num_samples=2), "hard", _has_rao
+    ),
+    EstimatorCase("gumbel_crf", lambda q: GumbelCRF(0.5, num_samples=2), "relaxed", _is_chain),
+    EstimatorCase(
+        "st_gumbel_crf",
+        lambda q: GumbelCRF(0.5, straight_through=True, num_samples=2),
+        "hard",
+        _is_chain,
+    ),
 ]
 UNBIASED = [e for e in ESTIMATORS if e.kind == "unbiased"]
 
+
+def _pairs(estimators: list[EstimatorCase], applicable: bool = True) -> list:
+    return [
+        pytest.param(e, c, id=f"{e}-{c}")
+        for e in estimators
+        for c in STRUCTURE_CASES
+        if e.applies(c.build()) == applicable
+    ]
+
+
 ALL = pytest.mark.parametrize("case", STRUCTURE_CASES, ids=str)
+
+
+def _first_case(est_case: EstimatorCase) -> Structure:
+    """The first structure case the estimator applies to, in float64."""
+    return next(q for q in (c.build(torch.float64) for c in STRUCTURE_CASES) if est_case.applies(q))
 
 
 class NonlinearCost(torch.nn.Module):
@@ -118,8 +173,7 @@ def _in_support(q: Structure, z: torch.Tensor) -> bool:
     return bool(match.any(1).all())
 
 
-@pytest.mark.parametrize("est_case", ESTIMATORS, ids=str)
-@ALL
+@pytest.mark.parametrize(("est_case", "case"), _pairs(ESTIMATORS))
 def test_shapes_values_and_gradients(est_case: EstimatorCase, case: StructureCase) -> None:
     torch.manual_seed(0)
     q0 = case.build(torch.float64)
@@ -134,14 +188,14 @@ def test_shapes_values_and_gradients(est_case: EstimatorCase, case: StructureCas
     assert est.z.shape == (num, *q.batch_shape, *q.event_shape)
     if est_case.kind != "exact":
         extra = 1 if isinstance(getattr(estimator, "baseline", None), GreedyBaseline) else 0
-        assert num == estimator.num_samples
+        assert num == estimator.num_samples * est_case.rows_per_sample
         assert cost.calls[0][0] == num + extra
     assert est.cost.shape == est.surrogate.shape == est.objective.shape == q.batch_shape
     assert not est.cost.requires_grad
     torch.testing.assert_close(est.objective.detach(), est.cost)
     for value in (est.z, est.cost, est.surrogate, *est.stats.values()):
         assert torch.isfinite(value).all()
-    if est_case.kind == "hard":
+    if est_case.kind in ("hard", "unbiased", "bound"):
         assert _in_support(q0, est.z.detach()), "hard estimators evaluate valid structures"
 
     est.objective.sum().backward()
@@ -152,8 +206,16 @@ def test_shapes_values_and_gradients(est_case: EstimatorCase, case: StructureCas
     assert cost.a.grad.abs().sum() > 0, "the gradient must reach the cost's parameters"
 
 
-@pytest.mark.parametrize("est_case", UNBIASED, ids=str)
-@ALL
+@pytest.mark.parametrize(("est_case", "case"), _pairs(ESTIMATORS, applicable=False))
+def test_an_estimator_made_for_other_structures_says_so(
+    est_case: EstimatorCase, case: StructureCase
+) -> None:
+    q = case.build(torch.float64)
+    with pytest.raises(TypeError, match=type(q).__name__):
+        est_case.make(q)(q, NonlinearCost(q))
+
+
+@pytest.mark.parametrize(("est_case", "case"), _pairs(UNBIASED))
 def test_score_function_estimators_are_unbiased(
     est_case: EstimatorCase, case: StructureCase
 ) -> None:
@@ -191,7 +253,7 @@ def test_relaxation_tends_to_the_hard_sample(case: StructureCase, kind: type) ->
 
 @pytest.mark.parametrize("est_case", ESTIMATORS, ids=str)
 def test_seeded_runs_are_reproducible(est_case: EstimatorCase) -> None:
-    q = STRUCTURE_CASES[0].build(torch.float64)
+    q = _first_case(est_case)
     runs = []
     for _ in range(2):
         torch.manual_seed(7)
@@ -205,7 +267,7 @@ def test_seeded_runs_are_reproducible(est_case: EstimatorCase) -> None:
 
 @pytest.mark.parametrize("est_case", ESTIMATORS, ids=str)
 def test_state_dict_round_trip(est_case: EstimatorCase) -> None:
-    q = STRUCTURE_CASES[0].build(torch.float64)
+    q = _first_case(est_case)
     trained = est_case.make(q)
     if hasattr(trained, "temperature"):
         trained.temperature = 0.37

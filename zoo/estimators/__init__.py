@@ -1,6 +1,7 @@
 """Gradient estimators for E_{z∼q}[f(z)], all with one interface (`Estimator`)."""
 
 from zoo.config import Configurable, from_config
+from zoo.estimators.arm import ARM, DisARM
 from zoo.estimators.base import CostFn, Estimate, Estimator, TemperedEstimator
 from zoo.estimators.baselines import (
     Baseline,
@@ -11,16 +12,28 @@ from zoo.estimators.baselines import (
 )
 from zoo.estimators.exact import Exact
 from zoo.estimators.reinforce import Reinforce
-from zoo.estimators.relaxed import GumbelSoftmax, PerturbAndMAP, STGumbelSoftmax, StraightThrough
+from zoo.estimators.relaxed import (
+    GumbelCRF,
+    GumbelRao,
+    GumbelSoftmax,
+    PerturbAndMAP,
+    STGumbelSoftmax,
+    StraightThrough,
+)
+from zoo.estimators.vimco import VIMCO
 
 __all__ = [
+    "ARM",
     "Baseline",
     "Configurable",
     "CostFn",
+    "DisARM",
     "Estimate",
     "Estimator",
     "Exact",
     "GreedyBaseline",
+    "GumbelCRF",
+    "GumbelRao",
     "GumbelSoftmax",
     "LearnedBaseline",
     "LeaveOneOutBaseline",
@@ -30,5 +43,6 @@ __all__ = [
     "STGumbelSoftmax",
     "StraightThrough",
     "TemperedEstimator",
+    "VIMCO",
     "from_config",
 ]

@@ -14,6 +14,21 @@ Logistic for `Bernoulli`) and need a cost that is differentiable in z.
 * `PerturbAndMAP`: z = argmax(θ + G) (Papandreou & Yuille 2011) with the
   straight-through gradient of the relaxation, or implicit maximum-likelihood
   estimation (I-MLE, Niepert et al. 2021).
+* `GumbelCRF`: for chains, z = the relaxed forward-filtering backward-sampling
+  path of Fu et al. (2020, "Latent Template Induction with Gumbel-CRFs"), or
+  its exact hard path with the relaxed gradient (straight-through).
+* `GumbelRao`: straight-through Gumbel with the relaxed gradient averaged over
+  K draws of the noise conditioned on the hard sample D,
+  E[∇ marginals((θ + G)/τ) | argmax(θ + G) = D] (Paulus, Maddison & Krause
+  2021, "Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient
+  Estimator"): the same forward value and mean as `STGumbelSoftmax`'s
+  gradient, less variance. It needs the structure's conditional noise
+  (`Structure.conditional_perturb_noise`: categorical and Bernoulli).
+
+How a sample is relaxed is the estimator's choice; structures offer the
+pieces as public hooks (`rsample`, `rsample_with_hard`, `gumbel_crf`,
+`conditional_perturb_noise`), and an estimator that needs a hook a structure
+lacks says so with a TypeError.
 """
 
 from __future__ import annotations
@@ -26,7 +41,14 @@ from torch import Tensor
 from zoo.estimators.base import CostFn, Estimate, Estimator, TemperedEstimator
 from zoo.structures import Structure
 
-__all__ = ["GumbelSoftmax", "PerturbAndMAP", "STGumbelSoftmax", "StraightThrough"]
+__all__ = [
+    "GumbelCRF",
+    "GumbelRao",
+    "GumbelSoftmax",
+    "PerturbAndMAP",
+    "STGumbelSoftmax",
+    "StraightThrough",
+]
 
 
 def _straight_through(hard: Tensor, soft: Tensor) -> Tensor:
@@ -168,3 +190,118 @@ class PerturbAndMAP(TemperedEstimator, _PathwiseEstimator):
         return (
             f"gradient={self.gradient!r}, imle_lambda={self.imle_lambda:g}, {super().extra_repr()}"
         )
+
+
+class GumbelCRF(TemperedEstimator, _PathwiseEstimator):
+    """Gumbel-CRF (Fu et al. 2020): relaxed forward-filtering backward-sampling for chains.
+
+    One draw of Gumbel noise per position gives a pair (`LinearChainCRF.gumbel_crf`):
+    the hard path, an exact FFBS sample (a Gumbel-max at every backward step),
+    and the soft path, every Gumbel-max replaced by a tempered softmax, a
+    point of the marginal polytope that tends to the hard path as τ → 0. In
+    training mode the cost sees the soft path (``straight_through=False``;
+    biased for E_q[f], pathwise through the relaxation) or the hard path with
+    the soft path's gradient (``straight_through=True``). In eval mode it
+    sees exact samples, as `GumbelSoftmax` does, and no gradient reaches θ.
+
+    Unlike `GumbelSoftmax` on a chain (the stochastic softmax trick:
+    marginals of (θ + G)/τ with noise on every transition), the noise here is
+    on the labels, and the relaxation follows the sampler.
+
+    Args:
+        temperature: τ > 0 of the tempered softmaxes.
+        straight_through: evaluate the cost at the hard path, differentiate the soft one.
+        num_samples: S ≥ 1.
+
+    Raises:
+        TypeError: at call time, a structure without a ``gumbel_crf`` method
+            (today only `LinearChainCRF` has one).
+
+    Example:
+        >>> from zoo.structures import LinearChainCRF
+        >>> theta = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> est = GumbelCRF(0.5, num_samples=3)(LinearChainCRF(theta), lambda z: z.sum((-1, -2, -3)))
+        >>> est.z.shape
+        torch.Size([3, 2, 3, 4, 4])
+    """
+
+    def __init__(
+        self, temperature: float = 1.0, straight_through: bool = False, num_samples: int = 1
+    ) -> None:
+        super().__init__(temperature, num_samples)
+        if not isinstance(straight_through, bool):
+            raise ValueError(f"straight_through must be a bool, got {straight_through!r}")
+        self.straight_through = straight_through
+
+    def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
+        sampler = getattr(q, "gumbel_crf", None)
+        if not callable(sampler):
+            raise TypeError(
+                f"GumbelCRF needs a structure with a gumbel_crf(sample_shape, temperature) "
+                f"method (relaxed forward-filtering backward-sampling; LinearChainCRF has one), "
+                f"got {type(q).__name__}; GumbelSoftmax relaxes any structure"
+            )
+        if not self.training:
+            z = q.sample(self.num_samples)
+        else:
+            hard, soft = sampler(self.num_samples, self._temperature)
+            z = _straight_through(hard, soft) if self.straight_through else soft
+        return self._estimate(q, cost_fn, z, self.temperature_stats())
+
+    def extra_repr(self) -> str:
+        return f"straight_through={self.straight_through}, {super().extra_repr()}"
+
+
+class GumbelRao(TemperedEstimator, _PathwiseEstimator):
+    """Gumbel-Rao (Paulus, Maddison & Krause 2021): straight-through, Rao-Blackwellized.
+
+    Forward, the cost sees an exact sample D ∼ q. Backward, the gradient is
+    that of the relaxed sample averaged over K noise draws conditioned on D,
+
+        (1/K) Σ_k marginals((θ + G_k)/τ),   G_k ∼ G | argmax(θ + G) = D,
+
+    a Monte Carlo estimate of E[∇ marginals((θ + G)/τ) | D]. Since D together
+    with one such G_k is distributed as `STGumbelSoftmax`'s (hard, noise)
+    pair, the estimator has the same expectation as straight-through Gumbel
+    with variance that falls with K, for K extra relaxations and no extra
+    cost evaluations. The conditional noise is the structure's
+    (`Structure.conditional_perturb_noise`).
+
+    Args:
+        temperature: τ > 0 of the relaxation.
+        num_rao: K ≥ 1 conditional noise draws per sample.
+        num_samples: S ≥ 1 exact samples (cost evaluations) per batch element.
+
+    Raises:
+        ValueError: num_rao < 1.
+        TypeError: at call time, a structure without conditional noise (chains and trees).
+
+    Example:
+        >>> from zoo.structures import Categorical
+        >>> theta = torch.zeros(4, 2, 3, requires_grad=True)
+        >>> est = GumbelRao(0.5, num_rao=8)(Categorical(theta), lambda z: z[..., 0].sum(-1))
+        >>> est.objective.sum().backward(); theta.grad.shape
+        torch.Size([4, 2, 3])
+    """
+
+    def __init__(self, temperature: float = 1.0, num_rao: int = 10, num_samples: int = 1) -> None:
+        super().__init__(temperature, num_samples)
+        if isinstance(num_rao, bool) or not isinstance(num_rao, int) or num_rao < 1:
+            raise ValueError(f"num_rao must be an integer ≥ 1, got {num_rao!r}")
+        self.num_rao = num_rao
+
+    def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
+        hard = q.sample(self.num_samples)  # (S, *batch, *event)
+        try:
+            noise = q.conditional_perturb_noise(hard, self.num_rao)  # (K, S, *batch, *event)
+        except NotImplementedError as error:
+            raise TypeError(
+                f"GumbelRao needs noise conditioned on a sample, which {type(q).__name__} does "
+                f"not provide ({error}); use STGumbelSoftmax there"
+            ) from error
+        perturbed = (q.log_potentials + noise) / self._temperature
+        soft = q.with_potentials(perturbed, validate_args=False).marginals().mean(0)
+        return self._estimate(q, cost_fn, _straight_through(hard, soft), self.temperature_stats())
+
+    def extra_repr(self) -> str:
+        return f"num_rao={self.num_rao}, {super().extra_repr()}"
