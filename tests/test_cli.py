@@ -200,10 +200,14 @@ def test_fit_with_last_starts_afresh_when_there_is_none(in_tmp) -> None:
     assert cli.trainer.global_step == 2
 
 
-def test_test_with_last_and_no_run_is_an_error() -> None:
+def test_test_with_last_and_no_run_is_an_error(capsys) -> None:
     args = ["test", *TINY_SBN, *synthetic_args("halves"), *quiet_trainer_args()]
     with pytest.raises(ValueError, match="no run of this model and estimator"):
+        ZooCLI([*args, "--ckpt_path", "last"])
+    with pytest.raises(SystemExit) as exit_info:  # train.py says it in one line
         main([*args, "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    assert "error: --ckpt_path last: no run of this model" in capsys.readouterr().err
 
 
 def test_last_picks_the_run_of_the_same_experiment(in_tmp) -> None:

@@ -5,6 +5,9 @@ r"""Callbacks: temperature annealing and pictures for TensorBoard.
   every tempered estimator of the model (nested ones included).
 * `SampleImages`: the model's pictures (reconstructions, prior samples,
   completions) as image grids in TensorBoard after every validation.
+* `ZooProgressBar`: Lightning's progress bar, drawn every N training steps
+  but after every validation and test batch, so a slow evaluation (the test's
+  importance-sampled likelihood with m = 1000) shows its time left.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from zoo.estimators import Estimator
 from zoo.models.components import image_grid
 
-__all__ = ["SampleImages", "TemperatureAnnealing", "tempered_estimators"]
+__all__ = ["SampleImages", "TemperatureAnnealing", "ZooProgressBar", "tempered_estimators"]
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +211,44 @@ class SampleImages(L.Callback):
             pictures = images.detach().float().clamp(0, 1).reshape(-1, height, width).cpu()
             grid = image_grid(pictures, ncol=8)
             logger.experiment.add_image(f"val/{name}", grid, global_step=trainer.global_step)
+
+
+class ZooProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar: the training bar every ``refresh_rate`` steps, evaluation bars every batch.
+
+    A test batch with m = 1000 importance samples takes seconds, so the test bar
+    (with tqdm's rate and time left) moves after each one; the training bar,
+    whose steps take milliseconds, keeps a coarser rate.
+
+    Args:
+        refresh_rate: training steps between redraws of the training bar.
+    """
+
+    def __init__(self, refresh_rate: int = 20) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        bar = self.val_progress_bar
+        bar.n = batch_idx + 1
+        bar.refresh()
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        bar = self.test_progress_bar
+        bar.n = batch_idx + 1
+        bar.refresh()

@@ -196,7 +196,7 @@ def test_sbn_nested_objective_matches_enumeration_in_value_and_gradient(kind: st
     q1 = model.posterior(batch)
     z1 = support.unsqueeze(1).expand(k, 3, *support.shape[1:])  # (K, B, *event)
     log_p1 = q1.log_prob(z1)  # (K, B)
-    q2 = model.layer(model.second(model._flat(z1)))  # batch (K, B)
+    q2 = model.second_layer(z1)  # batch (K, B)
     z2 = support.reshape(k, 1, 1, *support.shape[1:]).expand(k, k, 3, *support.shape[1:])
     log_p2 = q2.log_prob(z2)  # (K2, K1, B)
     nll_y = model.output_cost(z2, batch["y"])  # (K2, K1, B)

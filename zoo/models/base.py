@@ -20,7 +20,6 @@ optimizer and the TensorBoard hyperparameter session.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import warnings
@@ -34,7 +33,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from zoo.estimators import Estimate, Estimator
-from zoo.estimators.config import as_estimator
+from zoo.estimators.config import Configurable, as_estimator
 from zoo.structures import Structure
 
 __all__ = ["Batch", "LatentVariableModel"]
@@ -45,7 +44,10 @@ Batch = dict[str, Tensor]
 # Keeping the estimator in the hyperparameters is deliberate: LightningCLI then
 # stores its class_path config in the checkpoint, and load_from_checkpoint
 # rebuilds it (buffers come from the state dict). Lightning warns about it.
-_MODULE_HPARAM_WARNING = r"Attribute '\w*estimator' is an instance of `nn.Module`"
+_MODULE_HPARAM_WARNING = r"Attribute '\w*(estimator|latent)' is an instance of `nn.Module`"
+
+RNG_STATES_KEY = "zoo_rng_states"
+"""Where checkpoints keep the generator states (see ``on_save_checkpoint``)."""
 
 
 class LatentVariableModel(L.LightningModule):
@@ -103,32 +105,36 @@ class LatentVariableModel(L.LightningModule):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_MODULE_HPARAM_WARNING)
-            # Collects the arguments of the subclass's __init__ as well.
-            self.save_hyperparameters()
-        self._store_estimator_configs()
+        self._save_plain_hyperparameters()
         self.estimator = estimator
         self.lr = float(lr)
         self.num_importance_samples = num_importance_samples
         self.val_importance_samples = val_importance_samples
         self.importance_chunk_size = importance_chunk_size
+        self._rng_states_to_load: dict[str, Any] | None = None
 
-    def _store_estimator_configs(self) -> None:
-        """Estimator objects among the hyperparameters become their configs.
+    def _save_plain_hyperparameters(self) -> None:
+        """The arguments of this class's own constructor, estimators and latents as their configs.
 
-        So checkpoints hold plain values only (LightningCLI gives configs already).
+        So checkpoints hold plain values only (LightningCLI gives configs already),
+        and ``load_from_checkpoint`` calls exactly this constructor: what a base
+        class was given by its subclass (a `CategoricalVAE`'s latent) is left out.
         """
-        configs = {}
-        for name, value in self.hparams.items():
-            if isinstance(value, Estimator):
-                config = value.init_config()
-                if config is not None:
-                    configs[name] = config
-        if configs:
-            self.hparams.update(configs)
-            # What loggers receive as the hyperparameters (Lightning's deep copy).
-            self._hparams_initial = copy.deepcopy(self.hparams)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_MODULE_HPARAM_WARNING)
+            # Lightning collects the arguments of every __init__ up to the subclass's.
+            self.save_hyperparameters()
+            own = inspect.signature(type(self)).parameters
+            # "_class_path" and "_instantiator" are LightningCLI's bookkeeping: kept.
+            self.remove_ignored_hparams(
+                [k for k in self.hparams if k not in own and not k.startswith("_")]
+            )
+            plain = dict(self.hparams)
+            for name, value in plain.items():
+                if isinstance(value, Configurable) and (config := value.init_config()) is not None:
+                    plain[name] = config
+            if plain:  # again, so that what loggers receive (hparams_initial) is plain too
+                self.save_hyperparameters(plain)
 
     # ------------------------------------------------------- what a subclass writes
     def posterior(self, batch: Batch) -> Structure:
@@ -198,32 +204,22 @@ class LatentVariableModel(L.LightningModule):
         return loss
 
     def _logs_this_step(self) -> bool:
-        """Whether Lightning writes the training logs of this step.
+        """Whether Lightning writes the training logs of this step (every ``log_every_n_steps``).
 
-        ``self.log`` costs about 0.3 ms per call even when nothing is written
-        (four calls took 1.25 ms per step at best on the 2-core CPU, against a
-        10 ms VAE step), so the training scalars are computed and logged only at
-        the steps Lightning writes them: every ``log_every_n_steps``. The
-        progress bar shows the loss of the last such step.
+        The training scalars are computed and logged only then (see
+        ``bench/README.md`` for what ``self.log`` costs per call).
         """
-        trainer = self._trainer
-        if trainer is None or trainer.fast_dev_run:
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a trainer: a plain call
+            return True
+        if trainer.fast_dev_run:
             return True
         every = trainer.log_every_n_steps
         return every > 0 and (self.global_step + 1) % every == 0
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets `_current_fx_name` around every hook it calls, about 40
-        # times per training step; nn.Module.__setattr__ spends over a microsecond
-        # on each, looking for a parameter, buffer or submodule of that name,
-        # which it never is.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "val")
@@ -253,7 +249,7 @@ class LatentVariableModel(L.LightningModule):
 
     # ------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam with the fused kernel: about 2 ms of a 10 ms VAE step less than the default (CPU)."""
+        """Adam, with the fused kernel where the device has one (faster; see ``bench/README.md``)."""
         params = [p for p in self.parameters() if p.requires_grad]
         try:
             return torch.optim.Adam(params, lr=self.lr, fused=True)
@@ -284,12 +280,39 @@ class LatentVariableModel(L.LightningModule):
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger) and self.global_rank == 0:
                 metric_dict = dict.fromkeys(self.hparams_metric_names(), 0.0)
-                writer = logger.experiment._get_file_writer()
+                # The SummaryWriter's public FileWriter (it exists once the writer does).
+                writer = logger.experiment.file_writer
                 for summary in hparams(params, metric_dict):
                     writer.add_summary(summary)
 
     def on_fit_start(self) -> None:
         self._write_hparams_session()
+
+    # ------------------------------------------------------------ exact resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the random-number state, so a resumed run draws what the uninterrupted one drew.
+
+        Every sample the zoo draws (the structures' noise, exact samples, dynamic
+        binarization, which `zoo.data` draws when a batch reaches the model)
+        comes from torch's global generator (and CUDA's, on a GPU).
+        """
+        states: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[RNG_STATES_KEY] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Applied when training starts: after Lightning's sanity check (which
+        # runs under its own, isolated, generator state) and before the first batch.
+        self._rng_states_to_load = checkpoint.get(RNG_STATES_KEY)
+
+    def on_train_start(self) -> None:
+        states, self._rng_states_to_load = self._rng_states_to_load, None
+        if states is None:
+            return
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     def on_test_start(self) -> None:
         self._write_hparams_session()
@@ -297,13 +320,6 @@ class LatentVariableModel(L.LightningModule):
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == TrainerFn.VALIDATING:
             self._write_hparams_session()
-
-
-# Lightning reads training_step's signature at every step (does it take batch_idx?);
-# a stored signature spares inspect from rebuilding it each time.
-LatentVariableModel.training_step.__signature__ = inspect.signature(  # type: ignore[attr-defined]
-    LatentVariableModel.training_step
-)
 
 
 def _flatten_for_tensorboard(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -17,6 +17,12 @@ the negative log-likelihood:
 
     neg_elbo = E_{z1∼p(z1|x)} E_{z2∼p(z2|z1)} [−log p(y | z2)] ≥ −log p(y | x).
 
+Each stochastic layer is an injected `zoo.models.latent.Latent` (bits,
+categorical variables, a chain); the second layer gets a copy of the first's,
+with its own parameters. `BernoulliSBN` and `CategoricalSBN` are `SBN` with the
+latent built from the older constructor arguments, kept so that earlier
+configs and checkpoints load.
+
 It is the negative ELBO with the model's own p(z | x) as the variational
 distribution (so its KL term is 0), and it is logged under that name, as for
 the VAEs, so the runs of both families share their TensorBoard columns.
@@ -40,7 +46,6 @@ an importance-sampling estimate whose proposal is the model's own p(z | x)
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -49,17 +54,20 @@ from zoo.estimators import Estimator
 from zoo.estimators.config import as_estimator
 from zoo.models.base import Batch, LatentVariableModel
 from zoo.models.components import MLP, bernoulli_nll
-from zoo.structures import Bernoulli, Categorical, Structure
+from zoo.models.latent import BernoulliLatent, CategoricalLatent, Latent, as_latent
+from zoo.structures import Structure
 
 __all__ = ["SBN", "BernoulliSBN", "CategoricalSBN"]
 
 
 class SBN(LatentVariableModel):
-    """The shared two-layer network; subclasses choose the structure of z1 and z2 (``layer``).
+    """The two-layer network x → z1 → z2 → y; ``latent`` says what each stochastic layer is.
 
     Args:
         estimator: the gradient estimator of the first layer, z1 ∼ p(z1 | x).
-        latent_features: the parts of each stochastic layer (N bits, or N·K one-hot cells).
+        latent: the structure of z1, ``BernoulliLatent(200)`` or
+            ``CategoricalLatent(20, 10)`` (or its config); z2 has a copy of it,
+            with its own parameters where it has any.
         inner_estimator: the estimator of the second layer, z2 ∼ p(z2 | z1), or its config;
             None (default): a copy of ``estimator`` with its own state.
         input_dim: the width of x (392, the upper half of a 28×28 image).
@@ -70,16 +78,20 @@ class SBN(LatentVariableModel):
         num_importance_samples: m for ``test/nll_iw`` (1000 in Jang et al.); 0 skips it.
         val_importance_samples: m for ``val/nll_iw``; 0 skips it.
         importance_chunk_size: samples per chunk of the importance-sampling loop.
+
+    Example:
+        >>> from zoo.estimators import StraightThrough
+        >>> model = SBN(StraightThrough(), BernoulliLatent(5), input_dim=4, output_dim=3)
+        >>> model({"x": torch.ones(2, 4), "y": torch.zeros(2, 3)}).shape
+        torch.Size([2])
     """
 
     objective_name = "neg_elbo"
-    structure: ClassVar[type[Structure]] = Structure
-    """The kind of structure z1 and z2 are."""
 
     def __init__(
         self,
         estimator: Estimator,
-        latent_features: int,
+        latent: Latent,
         inner_estimator: Estimator | None = None,
         input_dim: int = 392,
         output_dim: int | None = None,
@@ -102,30 +114,26 @@ class SBN(LatentVariableModel):
             if inner_estimator is None
             else as_estimator(inner_estimator, "inner_estimator")
         )
+        self.latent = as_latent(latent)
+        self.inner_latent = copy.deepcopy(self.latent)
         self.input_dim = input_dim
         self.output_dim = input_dim if output_dim is None else output_dim
-        self.first = MLP(input_dim, hidden, latent_features)  # x → logits of z1
-        self.second = MLP(latent_features, hidden, latent_features)  # z1 → logits of z2
-        self.output = MLP(latent_features, hidden, self.output_dim)  # z2 → logits of y
-
-    def layer(self, logits: Tensor) -> Structure:
-        """A stochastic layer from its logits ``(*batch, latent_features)``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement layer(logits)")
-
-    def _flat(self, z: Tensor) -> Tensor:
-        return z.flatten(start_dim=z.dim() - self.structure.event_dim)  # (*batch, parts)
+        features = self.latent.in_features
+        self.first = MLP(input_dim, hidden, features)  # x → logits of z1
+        self.second = MLP(self.latent.out_features, hidden, features)  # z1 → logits of z2
+        self.output = MLP(self.inner_latent.out_features, hidden, self.output_dim)  # z2 → y
 
     def posterior(self, batch: Batch) -> Structure:
         """p(z1 | x), batch shape ``(B,)``."""
-        return self.layer(self.first(batch["x"]))
+        return self.latent.posterior(self.first(batch["x"]))
 
     def second_layer(self, z1: Tensor) -> Structure:
         """p(z2 | z1): z1 ``(*sample, B, *event)`` → batch shape ``(*sample, B)``."""
-        return self.layer(self.second(self._flat(z1)))
+        return self.inner_latent.posterior(self.second(self.latent.decoder_input(z1)))
 
     def output_logits(self, z2: Tensor) -> Tensor:
         """Logits of p(y | z2): z2 ``(*sample, B, *event)`` → ``(*sample, B, D_out)``."""
-        return self.output(self._flat(z2))
+        return self.output(self.inner_latent.decoder_input(z2))
 
     def output_cost(self, z2: Tensor, y: Tensor) -> Tensor:
         """−log p(y | z2): z2 ``(*sample, B, *event)`` → ``(*sample, B)``."""
@@ -164,28 +172,14 @@ class SBN(LatentVariableModel):
 
 
 class BernoulliSBN(SBN):
-    """Two layers of N independent bits (200 each in Jang et al.).
+    """`SBN` with ``BernoulliLatent(num_variables)`` layers: the older name and arguments.
 
     Args:
         estimator: the gradient estimator of the first layer.
-        num_variables: N bits per stochastic layer.
-        inner_estimator: the estimator of the second layer; None: a copy of ``estimator``.
-        input_dim: the width of x.
-        output_dim: the width of y; None: ``input_dim`` (halves of an even width).
-        hidden_sizes: deterministic ReLU layers inside each conditional; empty for linear.
-        lr: learning rate of Adam.
-        num_importance_samples: m for ``test/nll_iw``; 0 skips it.
-        val_importance_samples: m for ``val/nll_iw``; 0 skips it.
-        importance_chunk_size: samples per chunk of the importance-sampling loop.
-
-    Example:
-        >>> from zoo.estimators import StraightThrough
-        >>> model = BernoulliSBN(StraightThrough(), num_variables=5, input_dim=4, output_dim=3)
-        >>> model({"x": torch.ones(2, 4), "y": torch.zeros(2, 3)}).shape
-        torch.Size([2])
+        num_variables: N bits per stochastic layer (200 in Jang et al.).
+        inner_estimator, input_dim, output_dim, hidden_sizes, lr, num_importance_samples,
+            val_importance_samples, importance_chunk_size: as for `SBN`.
     """
-
-    structure = Bernoulli
 
     def __init__(
         self,
@@ -202,7 +196,7 @@ class BernoulliSBN(SBN):
     ) -> None:
         super().__init__(
             estimator,
-            latent_features=num_variables,
+            BernoulliLatent(num_variables),
             inner_estimator=inner_estimator,
             input_dim=input_dim,
             output_dim=output_dim,
@@ -212,31 +206,18 @@ class BernoulliSBN(SBN):
             val_importance_samples=val_importance_samples,
             importance_chunk_size=importance_chunk_size,
         )
-        self.num_variables = num_variables
-
-    def layer(self, logits: Tensor) -> Bernoulli:
-        # No NaN check (a device sync per call): a NaN here shows as a NaN loss.
-        return Bernoulli(logits, validate_args=False)
 
 
 class CategoricalSBN(SBN):
-    """Two layers of N independent K-way categorical variables (20 × 10 in Jang et al.).
+    """`SBN` with ``CategoricalLatent(num_variables, num_classes)`` layers: the older name and arguments.
 
     Args:
         estimator: the gradient estimator of the first layer.
-        num_variables: N variables per stochastic layer.
-        num_classes: K classes per variable.
-        inner_estimator: the estimator of the second layer; None: a copy of ``estimator``.
-        input_dim: the width of x.
-        output_dim: the width of y; None: ``input_dim`` (halves of an even width).
-        hidden_sizes: deterministic ReLU layers inside each conditional; empty for linear.
-        lr: learning rate of Adam.
-        num_importance_samples: m for ``test/nll_iw``; 0 skips it.
-        val_importance_samples: m for ``val/nll_iw``; 0 skips it.
-        importance_chunk_size: samples per chunk of the importance-sampling loop.
+        num_variables: N variables per stochastic layer (20 in Jang et al.).
+        num_classes: K classes per variable (10 in Jang et al.).
+        inner_estimator, input_dim, output_dim, hidden_sizes, lr, num_importance_samples,
+            val_importance_samples, importance_chunk_size: as for `SBN`.
     """
-
-    structure = Categorical
 
     def __init__(
         self,
@@ -254,7 +235,7 @@ class CategoricalSBN(SBN):
     ) -> None:
         super().__init__(
             estimator,
-            latent_features=num_variables * num_classes,
+            CategoricalLatent(num_variables, num_classes),
             inner_estimator=inner_estimator,
             input_dim=input_dim,
             output_dim=output_dim,
@@ -264,10 +245,3 @@ class CategoricalSBN(SBN):
             val_importance_samples=val_importance_samples,
             importance_chunk_size=importance_chunk_size,
         )
-        self.num_variables = num_variables
-        self.num_classes = num_classes
-
-    def layer(self, logits: Tensor) -> Categorical:
-        shape = (self.num_variables, self.num_classes)
-        # No NaN check (a device sync per call): a NaN here shows as a NaN loss.
-        return Categorical(logits.unflatten(-1, shape), validate_args=False)
