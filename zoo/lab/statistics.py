@@ -35,7 +35,11 @@ The reference ĝ* is, in this order of preference:
 
 The K probes run in one call of the estimator on the batch replicated K
 times (chunked by ``chunk_size``), so their cost is one forward and one
-backward pass over a K-times larger batch. Encoder parameters φ (those θ is
+backward pass over a K-times larger batch. Measured by
+``bench/gradient_statistics.py`` on the categorical VAE of Jang et al. (one
+thread, K = 16 on 16 examples), a call costs about 4–6 training steps of a
+100-image batch with the default 256-sample REINFORCE reference (14–26 with
+1,024 samples): 2–6 % of the training time at ``every_n_steps=100``. Encoder parameters φ (those θ is
 computed from) are an option: ∇_φ E_q[f] = (∂θ/∂φ)ᵀ ∇_θ E_q[f], one
 vector-Jacobian product per estimate, logged as ``encoder_variance`` and so on.
 
@@ -210,7 +214,7 @@ def reference_gradient(
     q: Structure,
     kind: ReferenceKind = "auto",
     max_support: int = 1024,
-    reference_samples: int = 1024,
+    reference_samples: int = 256,
     reference_chunks: int = 8,
 ) -> Reference:
     """A reference for ∇_θ E_q[f(z)]: closed form, exact enumeration or many-sample REINFORCE.
@@ -381,7 +385,7 @@ def gradient_statistics(
     chunk_size: int | None = None,
     reference: ReferenceKind = "auto",
     max_support: int = 1024,
-    reference_samples: int = 1024,
+    reference_samples: int = 256,
     reference_chunks: int = 8,
     encoder: bool = False,
     estimator: Estimator | None = None,
@@ -475,7 +479,7 @@ class GradientStatistics(L.Callback):
         chunk_size: int | None = None,
         reference: ReferenceKind = "auto",
         max_support: int = 1024,
-        reference_samples: int = 1024,
+        reference_samples: int = 256,
         reference_chunks: int = 8,
         encoder: bool = False,
     ) -> None:
