@@ -1,0 +1,842 @@
+r"""Unsupervised tagging with linear-chain latent variables: neural HMMs and a CRF posterior.
+
+Words x = x_0 … x_{L-1}, tags z = z_0 … z_{L-1} ∈ {0, …, C-1}. The generative
+model is a Markov chain over tags and a decoder of the words,
+
+    p(x, z) = p(z) p(x | z),      p(z) = π(z_0) Π_{n ≥ 1} A(z_{n-1}, z_n),
+
+with, as the decoder, either the emissions of a neural HMM (Tran et al. 2016,
+"Unsupervised Neural Hidden Markov Models"): p(x | z) = Π_n B(z_n, x_n), π, A
+and B softmaxes of tag (and word, optionally character-aware) embeddings; or
+an LSTM over the words fed the tags (Fu et al. 2020, "Latent Template
+Induction with Gumbel-CRFs"): p(x | z) = Π_n p(x_n | x_{<n}, z_n), where no
+closed form exists. The posterior q(z | x) is a `LinearChainCRF` whose
+potentials a BiLSTM reads from the sentence. Training minimizes
+
+    −ELBO(x) = E_q[−log p(x | z)] + KL(q(z | x) ‖ p(z)),
+
+the first term (``recon``) through the injected estimator, the KL exact: log
+p(z) is a sum over chain parts, log p(z) = ⟨z, φ_prior⟩, so KL = −H(q) −
+⟨μ_q, φ_prior⟩ from the marginals μ_q and the exact entropy. With HMM
+emissions −log p(x | z) is linear in z too, so `MarginalExpectation`
+(E_q[f(z)] = f(μ_q)) gives the exact ELBO and its exact gradient: the
+reference for every estimator on real data. log p(x) is exact by the forward
+algorithm with HMM emissions (`MarginalLikelihoodHMM` trains on it directly,
+the classical baseline), importance-sampled otherwise.
+
+**Chains with an end.** The chain layout (B, N-1, C, C) folds unary scores
+into transitions, so a sentence of length 1 would have no part to put its
+tag in. Every chain here has one extra, virtual position L whose only label
+is 0 (scores 0 into label 0, −∞ elsewhere): a sentence of L words is a chain
+of L + 1 positions, transition n ≤ L − 1 starts at word n, and the tag of
+word n is Σ_{c'} z[n, c', ·]. The virtual position adds nothing to any score,
+entropy or probability, and length-1 sentences get their categorical q(z_0).
+
+Metrics (`zoo.metrics.clustering`): many-to-one, one-to-one and V-measure of
+the Viterbi tags of q against each gold tagging, ``{val,test}/m1_upos`` …;
+``nll`` (−log p(x) per sentence), ``elbo_gap`` (−ELBO − nll) and the per-token
+perplexity ``ppl``. TensorBoard gets the tags of fixed dev sentences as text
+and the cluster × gold confusion matrix as an image at every validation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+
+from zoo.estimators import Estimate, Estimator
+from zoo.metrics.clustering import (
+    ContingencyMetric,
+    ManyToOneAccuracy,
+    OneToOneAccuracy,
+    VMeasure,
+    many_to_one,
+)
+from zoo.models.base import LatentVariableModel
+from zoo.structures import LinearChainCRF, Structure
+
+__all__ = [
+    "ChainTagger",
+    "HMMEmission",
+    "InducedTagWriter",
+    "LSTMDecoder",
+    "LSTMTagger",
+    "MarginalExpectation",
+    "MarginalLikelihoodHMM",
+    "NeuralHMMTagger",
+    "chain_potentials",
+    "chain_tags",
+]
+
+Batch = dict[str, Any]
+"""A tagging batch (`zoo.data.ud`): ``x`` (B, N), ``lengths`` (B,), gold tags (B, N), ..."""
+
+
+# ----------------------------------------------------------------------------- chains
+def chain_potentials(unary: Tensor, transition: Tensor, start: Tensor, lengths: Tensor) -> Tensor:
+    """θ of chains of ``lengths + 1`` positions (the last one virtual), ``(B, N, C, C)``.
+
+    θ[n, c', c] = transition[c', c] + unary[n + 1, c'] for n < L − 1, plus
+    start[c] + unary[0, c] at n = 0; θ[L − 1] is the virtual end (0 into
+    label 0, −∞ elsewhere); transitions n ≥ L are padding (0).
+
+    Args:
+        unary: ``(B, N, C)`` score of tag c at word n.
+        transition: ``(C, C)`` or ``(B, C, C)``, transition[c', c] the score of tag c'
+            following tag c.
+        start: ``(C,)`` or ``(B, C)`` score of the first tag.
+        lengths: ``(B,)`` words per sentence, in [1, N].
+    """
+    batch, size, tags = unary.shape
+    steps = torch.arange(size, device=unary.device)
+    last = (lengths - 1).unsqueeze(-1)  # (B, 1)
+    inner = transition.unsqueeze(-3) + unary[:, 1:].unsqueeze(-1)  # (B, N-1, C', C)
+    inner = torch.cat([inner, inner.new_zeros(batch, 1, tags, tags)], dim=1)
+    inner = torch.where((steps < last)[..., None, None], inner, 0.0)
+    end = torch.full((tags, 1), -math.inf, dtype=unary.dtype, device=unary.device)
+    end[0] = 0.0
+    theta = torch.where((steps == last)[..., None, None], end, inner)
+    first = (unary[:, 0] + start).unsqueeze(-2)  # (B, 1, C): onto θ[0, :, c]
+    return torch.cat([theta[:, :1] + first.unsqueeze(1), theta[:, 1:]], dim=1)
+
+
+def chain(theta: Tensor, lengths: Tensor) -> LinearChainCRF:
+    """The `LinearChainCRF` of potentials from `chain_potentials`."""
+    # No NaN check (a device sync per step): a NaN here shows as a NaN loss.
+    return LinearChainCRF(theta, lengths=lengths + 1, validate_args=False)
+
+
+def chain_tags(z: Tensor) -> Tensor:
+    """The tag indicators of each word, ``(*, N, C, C)`` → ``(*, N, C)`` (0 at padding)."""
+    return z.sum(-2)
+
+
+def _inner(z: Tensor, theta: Tensor) -> Tensor:
+    """⟨z, θ⟩ over ``(N, C, C)``; parts with z = 0 count 0 even where θ = −∞."""
+    return (torch.where(z != 0, theta, 0.0) * z).sum((-3, -2, -1))
+
+
+# ----------------------------------------------------------------------------- estimator
+class MarginalExpectation(Estimator):
+    """E_q[f(z)] = f(μ_q) for a cost f affine in z: exact value and gradient, no sampling.
+
+    The exact mode of the HMM tagger, whose cost −log p(x | z) = −Σ_n ⟨z_n,
+    log B(·, x_n)⟩ is linear in the chain parts. For any other cost it is
+    wrong, and the models whose cost is not affine refuse it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(num_samples=1)
+
+    def forward(self, q: Structure, cost_fn: Any) -> Estimate:
+        z = q.marginals().unsqueeze(0)  # (1, *batch, *event)
+        cost = self.evaluate(cost_fn, z, q)[0]
+        return Estimate(z=z, cost=cost.detach(), surrogate=cost)
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+# ----------------------------------------------------------------------------- parts
+class WordEmbedding(nn.Module):
+    """Word vectors, optionally plus a character CNN over each word (Tran et al. 2016, §3.2).
+
+    Args:
+        vocab_size: V.
+        dim: width of the vectors.
+        num_chars: size of the character vocabulary (0: no character CNN).
+        max_word_length: characters per word in the ``chars`` tables.
+    """
+
+    def __init__(self, vocab_size: int, dim: int, num_chars: int = 0, max_word_length: int = 20):
+        super().__init__()
+        self.words = nn.Embedding(vocab_size, dim)
+        self.num_chars = num_chars
+        if num_chars > 0:
+            self.chars = nn.Embedding(num_chars, dim, padding_idx=0)
+            self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1)
+            self.register_buffer(
+                "word_chars", torch.zeros(vocab_size, max_word_length, dtype=torch.long)
+            )
+
+    def forward(self, ids: Tensor | None = None) -> Tensor:
+        """Vectors of ``ids`` (any shape) → ``(*ids, dim)``; None: the whole vocabulary ``(V, dim)``."""
+        table = self.words.weight
+        if self.num_chars > 0:
+            chars = self.word_chars  # (V, W)
+            h = self.conv(self.chars(chars).transpose(1, 2)).transpose(1, 2)  # (V, W, dim)
+            h = h.masked_fill((chars == 0).unsqueeze(-1), -math.inf).amax(1)
+            table = table + torch.where(torch.isfinite(h), h, 0.0).tanh()
+        return table if ids is None else F.embedding(ids, table)
+
+
+class HMMEmission(nn.Module):
+    """p(x_n | z_n) = softmax_v(MLP(u_{z_n}) · w_v + b_v): a neural HMM's emissions.
+
+    Args:
+        num_tags: C.
+        vocab_size: V (id 0 is padding and gets probability 0).
+        dim: width of the tag and word embeddings.
+        num_chars: character vocabulary of the character-aware word vectors (0: none).
+        max_word_length: characters per word.
+    """
+
+    linear = True
+    """−log p(x | z) is linear in z: `MarginalExpectation` is exact for it."""
+
+    def __init__(self, num_tags: int, vocab_size: int, dim: int, num_chars: int = 0,
+                 max_word_length: int = 20) -> None:  # fmt: skip
+        super().__init__()
+        self.tags = nn.Parameter(torch.randn(num_tags, dim) * 0.1)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.words = WordEmbedding(vocab_size, dim, num_chars, max_word_length)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def log_probs(self) -> Tensor:
+        """log B, ``(C, V)``."""
+        logits = self.mlp(self.tags) @ self.words().T + self.bias
+        return torch.log_softmax(
+            logits.index_fill(1, logits.new_zeros(1, dtype=torch.long), -math.inf), -1
+        )
+
+    def unary(self, x: Tensor, mask: Tensor) -> Tensor:
+        """log B(c, x_n), ``(B, N, C)``, 0 at padding."""
+        emit = self.log_probs().T[x]  # (B, N, C)
+        return torch.where(mask.unsqueeze(-1), emit, 0.0)
+
+    def log_likelihood(self, tags: Tensor, x: Tensor, mask: Tensor) -> Tensor:
+        """log p(x | z) = Σ_n ⟨tags_n, log B(·, x_n)⟩: tags ``(S, B, N, C)`` → ``(S, B)``."""
+        return (tags * self.unary(x, mask)).sum((-2, -1))
+
+
+class LSTMDecoder(nn.Module):
+    """p(x | z) = Π_n softmax(W h_n)[x_n], h_n = LSTM([e(x_{n-1}); Σ_c z_n(c) u_c]), x_{-1} = <pad>.
+
+    Args:
+        num_tags: C.
+        vocab_size: V.
+        dim: width of the word and tag embeddings.
+        hidden_size: width of the LSTM.
+    """
+
+    linear = False
+
+    def __init__(self, num_tags: int, vocab_size: int, dim: int, hidden_size: int) -> None:
+        super().__init__()
+        self.tags = nn.Parameter(torch.randn(num_tags, dim) * 0.1)
+        self.words = nn.Embedding(vocab_size, dim)
+        self.lstm = nn.LSTM(2 * dim, hidden_size, batch_first=True)
+        self.out = nn.Linear(hidden_size, vocab_size)
+
+    def log_likelihood(self, tags: Tensor, x: Tensor, mask: Tensor) -> Tensor:
+        """log p(x | z): tags ``(S, B, N, C)`` (one-hot or relaxed) → ``(S, B)``."""
+        samples, batch, size, _ = tags.shape
+        previous = F.pad(x, (1, 0))[:, :-1]  # (B, N): <pad> (id 0) before the first word
+        words = self.words(previous).expand(samples, -1, -1, -1)
+        inputs = torch.cat([words, tags @ self.tags], dim=-1).reshape(samples * batch, size, -1)
+        h, _ = self.lstm(inputs)  # (S·B, N, H)
+        logits = self.out(h).view(samples, batch, size, -1)
+        logp = torch.log_softmax(logits, -1).gather(-1, x.expand(samples, -1, -1).unsqueeze(-1))
+        return torch.where(mask, logp.squeeze(-1), 0.0).sum(-1)
+
+
+class BiLSTMEncoder(nn.Module):
+    """Posterior potentials: unary scores ``(B, N, C)`` from a BiLSTM, and tag-pair scores ``(C, C)``.
+
+    Args:
+        num_tags: C.
+        vocab_size: V.
+        dim: width of the word embeddings.
+        hidden_size: width of each LSTM direction.
+    """
+
+    def __init__(self, num_tags: int, vocab_size: int, dim: int, hidden_size: int) -> None:
+        super().__init__()
+        self.words = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.lstm = nn.LSTM(dim, hidden_size, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden_size, num_tags)
+        self.transition = nn.Parameter(torch.zeros(num_tags, num_tags))
+        self.start = nn.Parameter(torch.zeros(num_tags))
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.words(x), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        h, _ = self.lstm(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
+        return chain_potentials(self.out(h), self.transition, self.start, lengths)
+
+
+# ----------------------------------------------------------------------------- models
+class ChainTagger(LatentVariableModel):
+    """The family's shared part: p(z), q(z | x), the ELBO's terms, metrics, pictures, predict.
+
+    Subclasses set ``self.decoder`` (an `HMMEmission` or an `LSTMDecoder`).
+
+    Args:
+        estimator: the gradient estimator of E_q[−log p(x | z)].
+        num_tags: C, the clusters to induce (45 against PTB-style XPOS, 17 against UPOS).
+        input_dim: V, the vocabulary size (linked from the data).
+        embedding_dim: width of the word and tag embeddings.
+        hidden_size: width of the encoder's LSTM (each direction) and of the LSTM decoder.
+        gold_tags: the gold taggings in the batches to score against (``upos``, ``xpos``; ``states``
+            on synthetic data); missing ones are an error at evaluation.
+        max_gold_tags: an upper bound on the ids of any gold tagging (unused ids change no score).
+        num_logged_sentences: dev sentences whose tags are logged as text each validation.
+        lr: learning rate of Adam.
+        num_importance_samples: m of the importance-sampled ``test/nll`` where log p(x) is not exact.
+        val_importance_samples: the same for ``val/nll``.
+        importance_chunk_size: samples drawn at once for it.
+
+    Raises:
+        ValueError: sizes below 1.
+    """
+
+    objective_name = "neg_elbo"
+    cost_name = "recon"
+    regularizer_name = "kl"
+    decoder: nn.Module
+
+    def __init__(
+        self,
+        estimator: Estimator,
+        num_tags: int = 45,
+        input_dim: int = 10000,
+        embedding_dim: int = 128,
+        hidden_size: int = 128,
+        gold_tags: Sequence[str] = ("upos", "xpos"),
+        max_gold_tags: int = 64,
+        num_logged_sentences: int = 4,
+        lr: float = 1e-3,
+        num_importance_samples: int = 0,
+        val_importance_samples: int = 0,
+        importance_chunk_size: int = 100,
+    ) -> None:
+        super().__init__(
+            estimator,
+            lr=lr,
+            num_importance_samples=num_importance_samples,
+            val_importance_samples=val_importance_samples,
+            importance_chunk_size=importance_chunk_size,
+        )
+        for name, value in (
+            ("num_tags", num_tags),
+            ("input_dim", input_dim),
+            ("embedding_dim", embedding_dim),
+            ("hidden_size", hidden_size),
+            ("max_gold_tags", max_gold_tags),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+        self.num_tags = num_tags
+        self.input_dim = input_dim
+        self.gold_tags = tuple(gold_tags)
+        self.num_logged_sentences = num_logged_sentences
+        self.encoder = BiLSTMEncoder(num_tags, input_dim, embedding_dim, hidden_size)
+        # The prior p(z): start and transition logits (Tran et al. read them from tag embeddings).
+        self.prior_tags = nn.Parameter(torch.randn(num_tags, embedding_dim) * 0.1)
+        self.prior_mlp = nn.Sequential(
+            nn.Linear(embedding_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, num_tags)
+        )
+        self.start_logits = nn.Parameter(torch.zeros(num_tags))
+
+        def scores(stage: str) -> nn.ModuleDict:
+            return nn.ModuleDict(
+                {
+                    gold: MetricCollection(
+                        {
+                            "m1": ManyToOneAccuracy(num_tags, max_gold_tags),
+                            "o1": OneToOneAccuracy(num_tags, max_gold_tags),
+                            "vm": VMeasure(num_tags, max_gold_tags),
+                        },
+                        prefix=f"{stage}/",
+                        postfix=f"_{gold}",
+                    )
+                    for gold in self.gold_tags
+                }
+            )
+
+        self.scores = nn.ModuleDict({stage: scores(stage) for stage in ("val", "test")})
+        self.confusion = nn.ModuleDict(
+            {g: ContingencyMetric(num_tags, max_gold_tags) for g in self.gold_tags}
+        )
+        self.token_nll = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self._logged_text: list[str] = []
+
+    # ------------------------------------------------------------------ the model
+    def prior_parameters(self) -> tuple[Tensor, Tensor]:
+        """log π ``(C,)`` and log A in the chain layout, ``[c', c] = log p(z_{n+1} = c' | z_n = c)``."""
+        log_a = torch.log_softmax(self.prior_mlp(self.prior_tags), dim=-1)  # (C, C'): rows sum to 1
+        return torch.log_softmax(self.start_logits, -1), log_a.T
+
+    def prior_potentials(self, batch: Batch) -> Tensor:
+        """θ of p(z), ``(B, N, C, C)``; ⟨z, θ⟩ = log p(z) (the chain is normalized)."""
+        x = batch["x"]
+        start, transition = self.prior_parameters()
+        unary = start.new_zeros(*x.shape, self.num_tags)
+        return chain_potentials(unary, transition, start, batch["lengths"])
+
+    def mask(self, batch: Batch) -> Tensor:
+        """``(B, N)`` True at real words."""
+        steps = torch.arange(batch["x"].shape[1], device=batch["x"].device)
+        return steps < batch["lengths"].unsqueeze(-1)
+
+    def posterior(self, batch: Batch) -> LinearChainCRF:
+        return chain(self.encoder(batch["x"], batch["lengths"]), batch["lengths"])
+
+    def cost(self, z: Tensor, batch: Batch) -> Tensor:
+        """−log p(x | z): z ``(S, B, N, C, C)`` → ``(S, B)``."""
+        return -self.decoder.log_likelihood(chain_tags(z), batch["x"], self.mask(batch))
+
+    def regularizer(self, q: Structure, batch: Batch) -> Tensor:
+        """KL(q ‖ p(z)) = −H(q) − ⟨μ_q, θ_prior⟩, ``(B,)``, exact."""
+        return _at_least_zero(-q.entropy() - _inner(q.marginals(), self.prior_potentials(batch)))
+
+    def log_weights(self, q: Structure, batch: Batch, num_samples: int) -> Tensor:
+        """log p(x | z) + log p(z) − log q(z | x) for z ∼ q, ``(m, B)``."""
+        z = q.sample(num_samples)
+        return -self.cost(z, batch) + _inner(z, self.prior_potentials(batch)) - q.log_prob(z)
+
+    def log_likelihood(self, q: Structure, batch: Batch, num_samples: int) -> Tensor:
+        """log p(x), ``(B,)``: exact where the decoder allows, else importance-sampled with m samples."""
+        return self.importance_log_likelihood(q, batch, num_samples)
+
+    @torch.no_grad()
+    def tags(self, batch: Batch) -> Tensor:
+        """The Viterbi tags of q, ``(B, N)`` (−1 at padding)."""
+        tags = chain_tags(self.posterior(batch).argmax()).argmax(-1)
+        return torch.where(self.mask(batch), tags, -1)
+
+    # ------------------------------------------------------------------ the step
+    def _step(self, batch: Batch, stage: str) -> Tensor:
+        q, estimate, kl = self.terms(batch)
+        loss = (estimate.objective + kl).mean()
+        if stage == "train" and not self._logs_this_step():
+            return loss
+        batch_size = int(batch["lengths"].shape[0])
+        metrics = {
+            self.objective_name: loss.detach(),
+            self.cost_name: estimate.cost.mean(),
+            self.regularizer_name: kl.detach().mean(),
+        }
+        if stage == "train":
+            metrics.update(estimate.stats)
+        else:
+            samples = self.val_importance_samples if stage == "val" else self.num_importance_samples
+            if self.exact_likelihood or samples > 0:
+                nll = -self.log_likelihood(q, batch, samples)
+                metrics["nll"] = nll.mean()
+                metrics["elbo_gap"] = (estimate.cost + kl.detach() - nll).mean()
+                tokens = batch["lengths"].to(nll.dtype)
+                self.token_nll[stage].update(nll / tokens, tokens)
+            self._score(batch, stage)
+        on_step = stage == "train"
+        for name, value in metrics.items():
+            self.log(
+                f"{stage}/{name}",
+                value,
+                prog_bar=name == self.objective_name,
+                on_step=on_step,
+                on_epoch=not on_step,
+                batch_size=batch_size,
+            )
+        return loss
+
+    exact_likelihood = False
+    """Whether log p(x) is exact (so ``nll`` is logged without importance samples)."""
+
+    def _score(self, batch: Batch, stage: str) -> None:
+        predicted = self.tags(batch)
+        for gold in self.gold_tags:
+            if gold not in batch:
+                raise ValueError(
+                    f"{type(self).__name__}: gold_tags names {gold!r} but the batch has only "
+                    f"{sorted(k for k in batch if torch.is_tensor(batch[k]))}; set model.gold_tags "
+                    f"to the data's taggings"
+                )
+            self.scores[stage][gold].update(predicted, batch[gold])
+            if stage == "val":
+                self.confusion[gold].update(predicted, batch[gold])
+            self.log_dict(self.scores[stage][gold], on_step=False, on_epoch=True)
+        if stage == "val" and self._is_logged_batch() and "words" in batch:
+            self._logged_text = self._tag_text(batch, predicted)
+
+    def _is_logged_batch(self) -> bool:
+        # The middle dev batch: the loader sorts by length, so it holds typical sentences.
+        batches = self.trainer.num_val_batches
+        count = batches[0] if isinstance(batches, list) else batches
+        return self._val_batch == int(count) // 2
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        self._val_batch = batch_idx
+        return self._step(batch, "val")
+
+    def _tag_text(self, batch: Batch, predicted: Tensor) -> list[str]:
+        names = getattr(self.trainer.datamodule, "tag_names", {}) if self.trainer else {}
+        lines = []
+        for i, words in enumerate(batch["words"][: self.num_logged_sentences]):
+            cells = []
+            for n, word in enumerate(words):
+                gold = ""
+                for g in self.gold_tags:
+                    tag = int(batch[g][i, n])
+                    gold += f"/{names[g][tag] if g in names else tag}"
+                cells.append(f"{word}/**{int(predicted[i, n])}**{gold}")
+            lines.append(" ".join(cells))
+        return lines
+
+    def _end_of_evaluation(self, stage: str) -> None:
+        metric = self.token_nll[stage]
+        if metric.update_called:
+            value = metric.compute()
+            self.log(f"{stage}/nll_token", value)
+            self.log(f"{stage}/ppl", value.exp())
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_of_evaluation("val")
+        experiments = [
+            logger.experiment for logger in self.loggers if isinstance(logger, TensorBoardLogger)
+        ]
+        if self.global_rank == 0 and experiments and not self.trainer.sanity_checking:
+            for gold in self.gold_tags:
+                confusion = self.confusion[gold].compute().cpu()
+                figure = confusion_figure(confusion, gold, self._names(gold))
+                for experiment in experiments:
+                    experiment.add_figure(f"val/confusion_{gold}", figure, self.global_step)
+            if self._logged_text:
+                for experiment in experiments:
+                    experiment.add_text(
+                        "val/tags", "\n\n".join(self._logged_text), self.global_step
+                    )
+        for gold in self.gold_tags:
+            self.confusion[gold].reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._end_of_evaluation("test")
+
+    def _names(self, gold: str) -> list[str] | None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return getattr(datamodule, "tag_names", {}).get(gold)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        """The induced tags: ``{"tags": (B, N) (−1 at padding), "words", "sentences"}``."""
+        return {
+            "tags": self.tags(batch),
+            "words": batch["words"],
+            "sentences": batch.get("sentences"),
+        }
+
+    def hparams_metric_names(self) -> list[str]:
+        names = super().hparams_metric_names()
+        for stage in ("val", "test"):
+            names += [f"{stage}/{m}_{g}" for g in self.gold_tags for m in ("m1", "o1", "vm")]
+            names += [f"{stage}/nll", f"{stage}/ppl"]
+        return names
+
+    def setup(self, stage: str) -> None:
+        """Copies the vocabulary's characters from the datamodule into character-aware emissions."""
+        words = getattr(self.decoder, "words", None)
+        if isinstance(words, WordEmbedding) and words.num_chars > 0:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            table = getattr(datamodule, "word_chars", None)
+            if table is None:
+                raise ValueError("char_emission needs a datamodule with word_chars (zoo.data.ud)")
+            if table.shape[0] != words.word_chars.shape[0] or int(table.max()) >= words.num_chars:
+                raise ValueError(
+                    f"char_emission: the data has {table.shape[0]} words and "
+                    f"{int(table.max()) + 1} characters, the model {words.word_chars.shape[0]} "
+                    f"and {words.num_chars} (num_chars)"
+                )
+            width = min(table.shape[1], words.word_chars.shape[1])
+            words.word_chars.zero_()[:, :width] = table[:, :width].to(words.word_chars.device)
+
+
+def _at_least_zero(x: Tensor) -> Tensor:
+    """KL ≥ 0 up to rounding: clamp the rounding, keep the gradient."""
+    return x.clamp(min=0.0)
+
+
+class NeuralHMMTagger(ChainTagger):
+    """The neural HMM p(x, z) of Tran et al. (2016) with a BiLSTM-CRF posterior q(z | x).
+
+    ``MarginalExpectation`` gives the exact ELBO and gradient; every other
+    estimator estimates them. log p(x) (``nll``) is exact by the forward algorithm.
+
+    Args:
+        estimator: the gradient estimator of E_q[−log p(x | z)] (`MarginalExpectation`: exact).
+        num_tags: C, the clusters to induce.
+        input_dim: V, the vocabulary size (linked from the data).
+        embedding_dim: width of the embeddings.
+        hidden_size: width of the encoder's LSTM (each direction).
+        char_emission: character-aware word vectors in the emissions (a char CNN).
+        num_chars: size of the character vocabulary (an upper bound) for ``char_emission``.
+        max_word_length: characters per word for ``char_emission``.
+        gold_tags: the gold taggings to score against.
+        max_gold_tags: an upper bound on gold ids.
+        num_logged_sentences: dev sentences logged as text each validation.
+        lr: learning rate of Adam.
+        num_importance_samples: m of ``test/nll_iw`` (0: skip; ``test/nll`` is exact anyway).
+        val_importance_samples: the same for ``val/nll_iw``.
+        importance_chunk_size: samples drawn at once for it.
+
+    Example:
+        >>> model = NeuralHMMTagger(MarginalExpectation(), num_tags=3, input_dim=10,
+        ...                         embedding_dim=8, hidden_size=8, gold_tags=())
+        >>> batch = {"x": torch.tensor([[2, 3, 4], [5, 0, 0]]), "lengths": torch.tensor([3, 1])}
+        >>> model(batch).shape
+        torch.Size([2])
+    """
+
+    exact_likelihood = True
+
+    def __init__(
+        self,
+        estimator: Estimator,
+        num_tags: int = 45,
+        input_dim: int = 10000,
+        embedding_dim: int = 128,
+        hidden_size: int = 128,
+        char_emission: bool = False,
+        num_chars: int = 512,
+        max_word_length: int = 20,
+        gold_tags: Sequence[str] = ("upos", "xpos"),
+        max_gold_tags: int = 64,
+        num_logged_sentences: int = 4,
+        lr: float = 1e-3,
+        num_importance_samples: int = 0,
+        val_importance_samples: int = 0,
+        importance_chunk_size: int = 100,
+    ) -> None:
+        super().__init__(
+            estimator,
+            num_tags=num_tags,
+            input_dim=input_dim,
+            embedding_dim=embedding_dim,
+            hidden_size=hidden_size,
+            gold_tags=gold_tags,
+            max_gold_tags=max_gold_tags,
+            num_logged_sentences=num_logged_sentences,
+            lr=lr,
+            num_importance_samples=num_importance_samples,
+            val_importance_samples=val_importance_samples,
+            importance_chunk_size=importance_chunk_size,
+        )
+        self.decoder = HMMEmission(
+            num_tags, input_dim, embedding_dim, num_chars if char_emission else 0, max_word_length
+        )
+
+    def joint_potentials(self, batch: Batch) -> Tensor:
+        """θ of p(x, z) as a chain, ``(B, N, C, C)``: ⟨z, θ⟩ = log p(x, z)."""
+        start, transition = self.prior_parameters()
+        unary = self.decoder.unary(batch["x"], self.mask(batch))
+        return chain_potentials(unary, transition, start, batch["lengths"])
+
+    def exact_posterior(self, batch: Batch) -> LinearChainCRF:
+        """p(z | x) of the HMM itself; its log-partition is log p(x)."""
+        return chain(self.joint_potentials(batch), batch["lengths"])
+
+    def log_likelihood(self, q: Structure, batch: Batch, num_samples: int) -> Tensor:
+        """log p(x), ``(B,)``, exact (the forward algorithm)."""
+        return self.exact_posterior(batch).log_partition()
+
+
+class MarginalLikelihoodHMM(NeuralHMMTagger):
+    """The classical baseline: the neural HMM trained on log p(x) itself (no posterior network).
+
+    q(z | x) is the HMM's own posterior p(z | x), so the ELBO is tight: the
+    loss is −log p(x) by the forward algorithm and its gradient is the
+    expected complete-data gradient of EM (Baum-Welch; Salakhutdinov et al.
+    2003). ``recon`` and ``kl`` are reported; the estimator is unused.
+
+    Args: as `NeuralHMMTagger` (``estimator`` defaults to `MarginalExpectation`, unused).
+    """
+
+    def __init__(
+        self,
+        estimator: Estimator | None = None,
+        num_tags: int = 45,
+        input_dim: int = 10000,
+        embedding_dim: int = 128,
+        hidden_size: int = 128,
+        char_emission: bool = False,
+        num_chars: int = 512,
+        max_word_length: int = 20,
+        gold_tags: Sequence[str] = ("upos", "xpos"),
+        max_gold_tags: int = 64,
+        num_logged_sentences: int = 4,
+        lr: float = 1e-3,
+        num_importance_samples: int = 0,
+        val_importance_samples: int = 0,
+        importance_chunk_size: int = 100,
+    ) -> None:
+        super().__init__(
+            MarginalExpectation() if estimator is None else estimator,
+            num_tags=num_tags,
+            input_dim=input_dim,
+            embedding_dim=embedding_dim,
+            hidden_size=hidden_size,
+            char_emission=char_emission,
+            num_chars=num_chars,
+            max_word_length=max_word_length,
+            gold_tags=gold_tags,
+            max_gold_tags=max_gold_tags,
+            num_logged_sentences=num_logged_sentences,
+            lr=lr,
+            num_importance_samples=num_importance_samples,
+            val_importance_samples=val_importance_samples,
+            importance_chunk_size=importance_chunk_size,
+        )
+        del self.encoder  # q is the HMM's posterior: no parameters of its own
+
+    def posterior(self, batch: Batch) -> LinearChainCRF:
+        return self.exact_posterior(batch)
+
+    def terms(self, batch: Batch) -> tuple[Structure, Estimate, Tensor]:
+        """−log p(x) as the loss; recon and KL (detached) as its exact split."""
+        q = self.exact_posterior(batch)
+        nll = -q.log_partition()
+        with torch.no_grad():
+            mu = q.marginals()
+            recon = self.cost(mu.unsqueeze(0), batch)[0]
+        # recon + kl = −ELBO = −log p(x) at the exact posterior; kl by difference is exact too.
+        estimate = Estimate(z=mu.unsqueeze(0), cost=recon, surrogate=nll)
+        return q, estimate, (nll - recon).detach().clamp(min=0.0)
+
+
+class LSTMTagger(ChainTagger):
+    """A Markov prior p(z), an LSTM decoder p(x | z) and a BiLSTM-CRF posterior (Fu et al. 2020).
+
+    −log p(x | z) is not linear in z, so the estimators differ here; log p(x)
+    is importance-sampled with m samples of q (``nll``, at test time by default).
+
+    Args:
+        estimator: the gradient estimator of E_q[−log p(x | z)]; not `MarginalExpectation`.
+        num_tags: C, the clusters to induce.
+        input_dim: V, the vocabulary size (linked from the data).
+        embedding_dim: width of the embeddings.
+        hidden_size: width of the encoder's (each direction) and the decoder's LSTMs.
+        gold_tags: the gold taggings to score against.
+        max_gold_tags: an upper bound on gold ids.
+        num_logged_sentences: dev sentences logged as text each validation.
+        lr: learning rate of Adam.
+        num_importance_samples: m of ``test/nll``; 0 skips it.
+        val_importance_samples: m of ``val/nll``; 0 skips it.
+        importance_chunk_size: samples drawn at once.
+
+    Raises:
+        ValueError: `MarginalExpectation` as the estimator (exact for linear costs only).
+    """
+
+    def __init__(
+        self,
+        estimator: Estimator,
+        num_tags: int = 45,
+        input_dim: int = 10000,
+        embedding_dim: int = 128,
+        hidden_size: int = 128,
+        gold_tags: Sequence[str] = ("upos", "xpos"),
+        max_gold_tags: int = 64,
+        num_logged_sentences: int = 4,
+        lr: float = 1e-3,
+        num_importance_samples: int = 100,
+        val_importance_samples: int = 0,
+        importance_chunk_size: int = 20,
+    ) -> None:
+        super().__init__(
+            estimator,
+            num_tags=num_tags,
+            input_dim=input_dim,
+            embedding_dim=embedding_dim,
+            hidden_size=hidden_size,
+            gold_tags=gold_tags,
+            max_gold_tags=max_gold_tags,
+            num_logged_sentences=num_logged_sentences,
+            lr=lr,
+            num_importance_samples=num_importance_samples,
+            val_importance_samples=val_importance_samples,
+            importance_chunk_size=importance_chunk_size,
+        )
+        if isinstance(self.estimator, MarginalExpectation):
+            raise ValueError(
+                "LSTMTagger: MarginalExpectation is exact only for costs linear in z; the LSTM "
+                "decoder's is not. Use a sampling estimator (e.g. GumbelCRF, Reinforce)."
+            )
+        self.decoder = LSTMDecoder(num_tags, input_dim, embedding_dim, hidden_size)
+
+
+# ----------------------------------------------------------------------------- pictures
+def confusion_figure(confusion: Tensor, gold: str, names: Sequence[str] | None = None):
+    """The cluster × gold-tag matrix as a matplotlib figure, rows normalized, clusters
+    ordered by the gold tag they map to (many-to-one), unused gold columns dropped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    used = confusion.sum(0) > 0
+    matrix = confusion[:, used].double()
+    labels = [
+        names[i] if names and i < len(names) else str(i) for i in used.nonzero().flatten().tolist()
+    ]
+    mapped, sizes = matrix.argmax(1).tolist(), matrix.sum(1).tolist()
+    order = torch.tensor(sorted(range(matrix.shape[0]), key=lambda k: (mapped[k], -sizes[k])))
+    matrix = matrix[order]
+    rows = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
+    figure, axes = plt.subplots(figsize=(0.25 * len(labels) + 2, 0.2 * matrix.shape[0] + 2))
+    axes.imshow(rows.numpy(), aspect="auto", cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+    axes.set_yticks(range(matrix.shape[0]), [str(i) for i in order.tolist()], fontsize=6)
+    axes.set_xlabel(f"gold {gold}")
+    axes.set_ylabel("cluster")
+    axes.set_title(f"p(gold | cluster), M-1 = {float(many_to_one(confusion)):.3f}")
+    figure.tight_layout()
+    return figure
+
+
+# ----------------------------------------------------------------------------- predict
+class InducedTagWriter(BasePredictionWriter):
+    """``predict`` writes CoNLL-U: every sentence as read, with ``Tag=<cluster>`` added to MISC.
+
+    Sentences without their CoNLL-U lines (synthetic data) get minimal lines
+    (ID, FORM and the cluster in MISC).
+
+    Args:
+        output_path: the CoNLL-U file to write (its folder is created).
+        key: the MISC key of the induced tag.
+    """
+
+    def __init__(self, output_path: str = "predictions.conllu", key: str = "Tag") -> None:
+        super().__init__(write_interval="batch")
+        self.output_path = output_path
+        self.key = key
+        self._started = False
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.output_path)), exist_ok=True)
+        open(self.output_path, "w", encoding="utf-8").close()
+
+    def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
+                           batch: Any, batch_idx: int, dataloader_idx: int) -> None:  # fmt: skip
+        from zoo.data.ud import Sentence
+
+        with open(self.output_path, "a", encoding="utf-8") as handle:
+            tags = prediction["tags"].cpu()
+            sentences = prediction.get("sentences") or [None] * len(prediction["words"])
+            for i, (words, sentence) in enumerate(zip(prediction["words"], sentences, strict=True)):
+                if sentence is None:
+                    rows = [[str(n + 1), w, *("_" * 8)] for n, w in enumerate(words)]
+                    sentence = Sentence(
+                        rows=rows, words=list(words), word_rows=list(range(len(words)))
+                    )
+                items = [f"{self.key}={int(t)}" for t in tags[i, : len(words)]]
+                handle.write(sentence.to_conllu(items))
