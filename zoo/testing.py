@@ -70,7 +70,8 @@ def brute_force(q: Structure) -> BruteForce:
     for element in _elements(q):
         support, scores = _support_and_scores(element)
         log_z = torch.logsumexp(scores, 0)
-        p = (scores - log_z).exp()
+        # An empty support (every score -inf) has no mass: p = 0, not -inf - (-inf) = NaN.
+        p = torch.where(log_z > -math.inf, (scores - log_z).exp(), 0.0)
         marginals = (p.reshape(p.shape + (1,) * q.event_dim) * support).sum(0)
         parts["log_partition"].append(log_z)
         parts["marginals"].append(marginals)
@@ -96,7 +97,10 @@ def check_structure(q: Structure, atol: float = 1e-6, rtol: float = 1e-6) -> Non
     """Assert that q's exact oracles agree with brute-force enumeration.
 
     Checks log Z, marginals, that argmax is a support element with the best
-    score, entropy, and that exp(log_prob) sums to one over the support. Use
+    score, entropy, and that exp(log_prob) sums to one over the support.
+    Batch elements with an empty support (every z has a forbidden part) must
+    have log Z = -inf, zero marginals and entropy, and an argmax that raises
+    ValueError. Use
     float64 potentials for tight tolerances.
 
     Raises:
@@ -107,6 +111,19 @@ def check_structure(q: Structure, atol: float = 1e-6, rtol: float = 1e-6) -> Non
     _close("log_partition", q.log_partition(), exact.log_partition, atol, rtol, label)
     _close("marginals", q.marginals(), exact.marginals, atol, rtol, label)
     _close("entropy", q.entropy(), exact.entropy, atol, rtol, label)
+    empty = exact.log_partition == -math.inf
+    if bool(empty.any()):
+        # No structure to return: argmax must refuse (zoo convention), then check the rest.
+        try:
+            q.argmax()
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"{label}: argmax returned a z although the support is empty")
+        if bool(empty.all()):
+            return
+        q = q.reshape_batch((-1,))[~empty.reshape(-1)]
+        label, exact = repr(q), brute_force(q)
     best = q.argmax()
     _close("score of argmax", q.score(best), exact.max_score, atol, rtol, label)
     for element, z in zip(_elements(q), best.reshape(-1, *q.event_shape), strict=True):

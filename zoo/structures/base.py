@@ -517,5 +517,8 @@ def _kl_structure(p: Structure, q: Structure) -> Tensor:
     mu = p.marginals()
     diff = torch.where(mu != 0, p.log_potentials - q.log_potentials, 0.0)
     dims = tuple(range(-p.event_dim, 0))
-    kl = (mu * diff).sum(dims) - p.log_partition() + q.log_partition()
-    return _at_least_zero(kl)
+    log_zp, log_zq = p.log_partition(), q.log_partition()
+    kl = _at_least_zero((mu * diff).sum(dims) - log_zp + log_zq)
+    # An empty p (no z at all) is the empty sum, 0; an empty q beside a real p is +inf.
+    kl = torch.where(log_zq == -math.inf, math.inf, kl)
+    return torch.where(log_zp == -math.inf, 0.0, kl)

@@ -221,7 +221,7 @@ def chart_samples(
     )
     bit = 2 ** torch.arange(per, device=theta.device).view(-1, *([1] * many.dim()))
     z = ((bits.to(torch.long).unsqueeze(0) & bit) != 0).to(theta.dtype)  # (per, copies·B, ...)
-    z = z.reshape(per, copies, *theta.shape).transpose(0, 1).reshape(-1, *theta.shape)
+    z = z.reshape(per, copies, *theta.shape).transpose(0, 1).reshape(per * copies, *theta.shape)
     return z[:num], value[: theta.shape[0]]
 
 

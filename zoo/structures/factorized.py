@@ -108,18 +108,36 @@ class Categorical(_Factorized):
     def _event_layout(cls) -> str:
         return "(*batch, N, K)"
 
-    def log_partition(self) -> Tensor:
+    def _safe(self) -> tuple[Tensor, Tensor]:
+        """θ with padded rows and all -inf rows set to 0 (finite softmaxes), and ``(*batch)``
+        True where the support is empty (a real variable with every value forbidden)."""
         theta = self._masked(self.log_potentials)  # padding → 0 keeps logsumexp finite
+        dead = (theta == -math.inf).all(-1)  # (*batch, N)
+        return theta.masked_fill(dead.unsqueeze(-1), 0.0), dead.any(-1)
+
+    def log_partition(self) -> Tensor:
+        theta, empty = self._safe()
         lse = torch.logsumexp(theta, dim=-1)
         mask = self._mask()
         if mask is not None:
             lse = lse * mask
-        return lse.sum(-1)
+        return torch.where(empty, -math.inf, lse.sum(-1))
 
     def marginals(self) -> Tensor:
-        return self._masked(torch.softmax(self._masked(self.log_potentials), dim=-1))
+        theta, empty = self._safe()
+        mu = self._masked(torch.softmax(theta, dim=-1))
+        return mu.masked_fill(empty[..., None, None], 0.0)  # no mass on an empty support
+
+    def _check_support(self, what: str) -> None:
+        empty = self._safe()[1]
+        if bool(empty.any()):
+            raise ValueError(
+                f"Categorical.{what}: the support is empty (a variable with every value "
+                f"-inf) at flat batch index {empty.reshape(-1).nonzero()[:5, 0].tolist()}"
+            )
 
     def argmax(self) -> Tensor:
+        self._check_support("argmax")
         theta = self.log_potentials.detach()
         index = theta.argmax(-1)
         return self._masked(F.one_hot(index, theta.shape[-1]).to(theta.dtype))
@@ -127,18 +145,21 @@ class Categorical(_Factorized):
     def log_prob(self, value: Tensor) -> Tensor:
         # Σ_n ⟨z_n, log_softmax(θ_n)⟩ stays ≤ 0 at any scale of θ.
         self._check_value(value)
-        logp = torch.log_softmax(self._masked(self.log_potentials), dim=-1)
+        theta, empty = self._safe()
+        logp = torch.log_softmax(theta, dim=-1)
         logp = torch.where(value != 0, logp, 0.0)
-        return _at_most_zero((logp * value).sum((-2, -1)))
+        return _at_most_zero(torch.where(empty, -math.inf, (logp * value).sum((-2, -1))))
 
     def entropy(self) -> Tensor:
-        logp = torch.log_softmax(self._masked(self.log_potentials), dim=-1)
+        theta, _ = self._safe()
+        logp = torch.log_softmax(theta, dim=-1)
         p = self.marginals()
         return _at_least_zero(-torch.where(p > 0, p * logp, 0.0).sum((-2, -1)))
 
     @torch.no_grad()
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
         # Gumbel-max: argmax(θ + G) is an exact categorical sample.
+        self._check_support("sample")
         perturbed = self.log_potentials.detach() + self.perturb_noise(sample_shape)
         index = perturbed.argmax(-1)
         return self._masked(F.one_hot(index, perturbed.shape[-1]).to(perturbed.dtype))
@@ -222,14 +243,17 @@ class Bernoulli(_Factorized):
     def log_prob(self, value: Tensor) -> Tensor:
         self._check_value(value)
         theta = self._masked(self.log_potentials)
-        # log sigmoid(±θ) without cancellation: -BCE(θ, z), exact for relaxed z as well.
-        logp = -F.binary_cross_entropy_with_logits(theta.expand_as(value), value, reduction="none")
+        # z log σ(θ) + (1 - z) log σ(-θ), exact for relaxed z as well; a term
+        # with weight 0 is 0 even where θ = -inf makes its log -inf.
+        logp = torch.where(value != 0, value * F.logsigmoid(theta), 0.0) + torch.where(
+            value != 1, (1 - value) * F.logsigmoid(-theta), 0.0
+        )
         return _at_most_zero(self._masked(logp).sum(-1))
 
     def entropy(self) -> Tensor:
         theta = self._masked(self.log_potentials)
         p = torch.sigmoid(theta)
-        h = F.softplus(theta) - p * theta  # A(θ_n) - θ_n μ_n per bit
+        h = F.softplus(theta) - torch.where(p > 0, p * theta, 0.0)  # A(θ_n) - θ_n μ_n per bit
         return _at_least_zero(self._masked(h).sum(-1))
 
     def perturb_noise(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:

@@ -221,7 +221,8 @@ def _indicators(states: Tensor, pad: Tensor | None, size: int, dtype: torch.dtyp
     count, length = states.shape
     cells = size * size
     # The flat position of cell (y_{n+1}, y_n) of transition n of sequence k.
-    start = torch.arange(count * (length - 1), device=states.device).view(count, -1) * cells
+    start = torch.arange(count * (length - 1), device=states.device).view(count, length - 1)
+    start = start * cells
     index = (start + states[:, 1:] * size + states[:, :-1]).view(-1)
     z = torch.zeros(count * (length - 1) * cells, dtype=dtype, device=states.device)
     if pad is None:
@@ -229,6 +230,27 @@ def _indicators(states: Tensor, pad: Tensor | None, size: int, dtype: torch.dtyp
     else:
         z.index_put_((index,), (~pad).reshape(-1).to(dtype))
     return z.view(count, length - 1, size, size)
+
+
+def _safe_last(alpha: Tensor, single: Tensor) -> tuple[Tensor, Tensor]:
+    """α_{N-1} with rows of an empty support set to 0 (so no NaN enters a softmax), and those rows.
+
+    Returns:
+        ``(last (B, C), empty (B,))``; ``empty`` is False at L = 1 (one z, the zero tensor).
+    """
+    last = alpha[:, -1]
+    empty = (last == -math.inf).all(-1) & ~single
+    return torch.where(empty.unsqueeze(-1), 0.0, last), empty
+
+
+def _check_support(q: ChartStructure, empty: Tensor, what: str) -> None:
+    """ValueError for batch elements whose every path uses a forbidden transition."""
+    if bool(empty.any()):
+        index = empty.nonzero()[:5, 0].tolist()
+        raise ValueError(
+            f"{type(q).__name__}.{what}: the support is empty (every path uses a forbidden "
+            f"-inf transition) at flat batch index {index}; log_partition() is -inf there"
+        )
 
 
 # --------------------------------------------------------------------------- structure
@@ -352,9 +374,11 @@ class LinearChainCRF(ChartStructure):
         return torch.where(single.to(theta.device), 0.0, value)  # L = 1: the only z is 0
 
     def log_partition(self) -> Tensor:
+        """A(θ) ``(*batch)``: 0 at L = 1, -inf where every path uses a forbidden transition."""
         theta, pad, single = self._setup()
         alpha = _filter(theta, pad)  # N = 1 (no transitions) is a single chain of length 1
-        log_z = torch.logsumexp(alpha[:, -1], dim=-1)
+        last, empty = _safe_last(alpha, single)
+        log_z = torch.where(empty, -math.inf, torch.logsumexp(last, dim=-1))
         return self._unflat(torch.where(single, 0.0, log_z))
 
     def _forward_backward(
@@ -368,9 +392,11 @@ class LinearChainCRF(ChartStructure):
             unless ``keep``) and the last position's log posterior ``(B, C)``.
         """
         alpha = _filter(theta, pad)
-        log_last = torch.log_softmax(alpha[:, -1], dim=-1)
-        # A length-1 chain has no transitions: zero flow keeps its marginals 0.
-        last = torch.where(single.unsqueeze(-1), 0.0, log_last.exp())
+        safe, empty = _safe_last(alpha, single)
+        log_last = torch.log_softmax(safe, dim=-1)
+        # A length-1 chain has no transitions, an empty support no mass: zero
+        # flow keeps their marginals 0.
+        last = torch.where((single | empty).unsqueeze(-1), 0.0, log_last.exp())
         log_w = _log_conditionals(theta, alpha, pad)
         cond = log_w.exp() if keep or torch.is_grad_enabled() else log_w.exp_()
         flow = _backward_sweep(cond, last, None, pad)  # (B, M, C): q(y_{n+1} = c')
@@ -397,7 +423,9 @@ class LinearChainCRF(ChartStructure):
         # 0 · log 0 = 0 (padded, forbidden and unreachable cells) without NaN gradients.
         log_w = torch.where(log_w > -math.inf, log_w, 0.0)
         log_last = torch.where(log_last > -math.inf, log_last, 0.0)
-        h = -(mu * log_w).sum((1, 2, 3)) - (log_last.exp() * log_last).sum(-1)
+        # An empty support has no mass (μ = 0) and so no last-position entropy either.
+        last = torch.where((mu.sum((1, 2, 3)) > 0).unsqueeze(-1), log_last.exp(), 0.0)
+        h = -(mu * log_w).sum((1, 2, 3)) - (last * log_last).sum(-1)
         return self._unflat(_at_least_zero(torch.where(single, 0.0, h)))
 
     @torch.no_grad()
@@ -415,7 +443,8 @@ class LinearChainCRF(ChartStructure):
             best, pointer = (score.unsqueeze(-2) + step).max(dim=-1)
             score = best if padded is None else torch.where(padded, score, best)
             pointers.append(pointer)
-        state = score.argmax(-1)
+        best, state = score.max(-1)
+        _check_support(self, best == -math.inf, "argmax")
         states = [state]
         for n in range(num - 1, -1, -1):
             prev = pointers[n].gather(1, state.unsqueeze(-1)).squeeze(-1)
@@ -442,6 +471,7 @@ class LinearChainCRF(ChartStructure):
         if num == 0:
             return theta.new_zeros(out_shape)
         alpha = _forward_alpha(theta, pad)
+        _check_support(self, (alpha[:, -1] == -math.inf).all(-1), "sample")
         # cdf[n, b, c', c] = q(y_n ≤ c | y_{n+1} = c'), laid out so that step n is one
         # contiguous (B·C, C) block to pick rows from. Dividing by the row's own last
         # entry makes that entry exactly 1 > u; unused rows (unreachable c', padded
@@ -491,12 +521,16 @@ class LinearChainCRF(ChartStructure):
         shape = _as_size(sample_shape)
         count = math.prod(shape)
         theta, pad, _ = self._setup()
+        dtype = theta.dtype
+        # Half precision overflows in (α + G)/τ: work in float32 and cast back.
+        theta = theta.to(work_dtype(dtype))
         batch, num, size, _ = theta.shape
         out_shape = (*shape, *self.batch_shape, *self.event_shape)
         if num == 0:
-            zeros = theta.new_zeros(out_shape)
+            zeros = self.log_potentials.new_zeros(out_shape)
             return zeros, zeros
         alpha = _filter(theta, pad)
+        _check_support(self, (alpha[:, -1] == -math.inf).all(-1), "gumbel_crf")
         # Row c' of step n holds the unnormalized log q(y_n = · | y_{n+1} = c');
         # softmax and argmax ignore the normalizer α_{n+1}(c').
         rows = theta + alpha[:, :-1].unsqueeze(-2)
@@ -538,7 +572,7 @@ class LinearChainCRF(ChartStructure):
         relaxed = relaxed.reshape(count * batch, num, size, size)
         if full_pad is not None:
             relaxed = relaxed.masked_fill(full_pad[..., None, None], 0.0)
-        return hard, relaxed.reshape(out_shape)
+        return hard.to(dtype), relaxed.reshape(out_shape).to(dtype)
 
     def rsample_with_hard(
         self,

@@ -30,6 +30,7 @@ marginals, and `argmax` / `sample` raise a ValueError there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from zoo.structures.arborescence import max_arborescence
 from zoo.structures.base import _as_size
-from zoo.structures.chart import chart_indicator, clamp_forbidden
+from zoo.structures.chart import chart_indicator, clamp_forbidden, is_empty_support
 from zoo.structures.dependency import DependencyStructure
 from zoo.structures.noise import gumbel_noise
 
@@ -407,9 +408,21 @@ class NonProjectiveDependencyCRF(DependencyStructure):
         super().__init__(log_potentials, lengths, multiroot, validate_args)
 
     def log_partition(self) -> Tensor:
+        """A(θ) ``(*batch)``; -inf where no arborescence avoids every forbidden arc."""
         theta, lengths = self._flat()
         valid = None if lengths is None else self._valid(lengths, theta.shape[0], theta.device)
-        return self._unflat(_MatrixTree.apply(theta, valid, self.multiroot))
+        log_z = _MatrixTree.apply(theta, valid, self.multiroot)
+        # The elimination's forbidden floor stands in for -inf: map it back.
+        empty = is_empty_support(log_z.detach().to(torch.float64), self.max_length + 1)
+        return self._unflat(torch.where(empty, -torch.inf, log_z))
+
+    def _check_support(self, empty: Tensor, what: str) -> None:
+        if bool(empty.any()):
+            raise ValueError(
+                f"NonProjectiveDependencyCRF.{what}: the support is empty (every tree uses a "
+                f"forbidden -inf arc) at flat batch index {empty.nonzero()[:5, 0].tolist()}; "
+                f"log_partition() is -inf there"
+            )
 
     def marginals(self) -> Tensor:
         theta, lengths = self._flat()
@@ -441,7 +454,11 @@ class NonProjectiveDependencyCRF(DependencyStructure):
         graph = torch.cat([root.unsqueeze(-1), incoming], -1)  # (B, N, M)
         graph = F.pad(graph, (0, 0, 1, 0), value=-torch.inf)  # (B, M, M): nothing enters ROOT
         heads = max_arborescence(graph)[:, 1:] - 1  # (B, N): word index, -1 for ROOT
-        return self._unflat(self._heads_to_arcs(heads, word))
+        z = self._heads_to_arcs(heads, word)
+        # The best tree uses a forbidden arc only if every tree does.
+        used = torch.where(z != 0, scores, 0.0).sum((-2, -1))
+        self._check_support(used == -torch.inf, "argmax")
+        return self._unflat(z)
 
     def _heads_to_arcs(self, heads: Tensor, word: Tensor) -> Tensor:
         """Head indices ``(B, N)`` (-1 = ROOT) → arc indicators ``(B, N, N)`` in θ's dtype."""
@@ -453,7 +470,9 @@ class NonProjectiveDependencyCRF(DependencyStructure):
     @torch.no_grad()
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
         shape = _as_size(sample_shape)
-        num = max(shape.numel(), 1)
+        num = shape.numel()
+        if num == 0 or math.prod(self.batch_shape) == 0:
+            return self.log_potentials.new_zeros(shape + self.batch_shape + self.event_shape)
         theta, lengths = self._flat()
         theta = theta.detach().to(torch.float64)
         valid = self._valid(lengths, theta.shape[0], theta.device)
@@ -462,6 +481,9 @@ class NonProjectiveDependencyCRF(DependencyStructure):
         heads, fine = self._sample_fast(theta, valid)
         if not bool(fine.all()):
             bad = ~fine
+            # Only sentences the float64 determinant cannot handle can have an empty support.
+            log_z = _log_partition_elimination(theta[bad], valid[bad], self.multiroot)
+            self._check_support(is_empty_support(log_z, theta.shape[-1] + 1), "sample")
             heads[bad] = self._sample_exact(theta[bad], valid[bad])
         z = self._heads_to_arcs(heads, valid.diagonal(0, -2, -1))
         return z.reshape(*shape, *self.batch_shape, *self.event_shape)
