@@ -30,7 +30,8 @@ run. Afterwards the runs are read back from their event files and written as
 Resumable: a finished run (``done.json`` next to its logs, written with the
 command it ran) is not run again with the same command; an interrupted one
 continues from its ``last.ckpt``. ``--test`` also runs ``train.py test`` on
-the last checkpoint of each run (``test/`` tags).
+the last checkpoint of each run (``test/`` tags); ``--report`` runs nothing
+and writes the results of the runs finished so far.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -317,7 +319,7 @@ def run_all(runs: list[Run], jobs: int, threads: int | None) -> dict[str, str]:
 
 def _spawn(run: Run, args: list[str], env: dict[str, str]) -> subprocess.Popen:
     log = open(run.dir / "train.log", "a")  # noqa: SIM115 (closed with the process)
-    log.write(f"$ python train.py {' '.join(args)}\n")
+    log.write(f"$ python train.py {shlex.join(args)}\n")
     log.flush()
     process = subprocess.Popen(_train_command(args), stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()  # the child holds its own descriptor
@@ -507,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--test", action="store_true", help="also run train.py test on each run")
     parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: write the results of the runs finished so far",
+    )
+    parser.add_argument(
         "--metrics",
         nargs="+",
         help="tags for the table and the learning curves (default: val/, test/)",
@@ -542,7 +549,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    status = run_all(runs, args.jobs, threads)
+    if args.report:
+        status = {r.label: "finished" if r.finished() else "not run" for r in runs}
+    else:
+        status = run_all(runs, args.jobs, threads)
     rows, bands = collect(runs, status)
     metrics = args.metrics or _default_metrics(rows)
     write_csv(rows, out / "results.csv")
