@@ -43,6 +43,7 @@ from zoo.estimators import (
     Reinforce,
     STGumbelSoftmax,
     StraightThrough,
+    UnorderedSetReinforce,
 )
 from zoo.structures import Bernoulli, Categorical, LinearChainCRF, Structure
 from zoo.testing import check_estimator
@@ -81,6 +82,10 @@ def _is_bernoulli(q: Structure) -> bool:
     return isinstance(q, Bernoulli)
 
 
+def _is_categorical(q: Structure) -> bool:
+    return isinstance(q, Categorical)
+
+
 def _is_chain(q: Structure) -> bool:
     return isinstance(q, LinearChainCRF)
 
@@ -108,6 +113,7 @@ ESTIMATORS = [
     ),
     EstimatorCase("reinforce_greedy", lambda q: Reinforce(2, GreedyBaseline()), "unbiased"),
     EstimatorCase("vimco", lambda q: VIMCO(3), "bound"),
+    EstimatorCase("unordered_set", lambda q: UnorderedSetReinforce(3), "unbiased", _is_categorical),
     EstimatorCase("arm", lambda q: ARM(2), "unbiased", _is_bernoulli, rows_per_sample=2),
     EstimatorCase("disarm", lambda q: DisARM(2), "unbiased", _is_bernoulli, rows_per_sample=2),
     EstimatorCase(

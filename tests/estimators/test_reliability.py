@@ -118,8 +118,11 @@ def test_exact_max_support_is_an_argument() -> None:
 @pytest.mark.parametrize("case", STRUCTURE_CASES, ids=str)
 def test_support_size_counts_what_enumeration_gives(case: StructureCase) -> None:
     q = case.build()
+    size = support_size(q)
+    if size is None:
+        pytest.skip(f"{type(q).__name__} has no support_size() and is not in the table")
     _, valid = q.enumerate_padded_support()
-    assert support_size(q) == int(valid.sum(0).max())
+    assert size == int(valid.sum(0).max())
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from zoo.estimators.relaxed import (
     STGumbelSoftmax,
     StraightThrough,
 )
+from zoo.estimators.unordered_set import UnorderedSetReinforce
 from zoo.estimators.vimco import VIMCO
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "STGumbelSoftmax",
     "StraightThrough",
     "TemperedEstimator",
+    "UnorderedSetReinforce",
     "VIMCO",
     "from_config",
 ]
