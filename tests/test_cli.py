@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -297,3 +298,56 @@ def test_tensorboard_shows_the_real_metrics_in_the_hparams_tab(in_tmp) -> None:
         assert all(math.isfinite(e.value) and e.value > 1 for e in events.Scalars(name)), name
     for name in ("train/neg_elbo", "train/recon", "train/kl", "train/temperature"):
         assert name in scalars
+
+
+# ---------------------------------------------------------------- exact resume
+RESUME_VAE = [
+    "fit",
+    *TINY_VAE,
+    "--model.estimator=GumbelSoftmax",
+    "--model.val_importance_samples=4",
+    "--annealing.rate=0.05",
+    "--annealing.every_n_steps=3",
+    "--annealing.min_temperature=0.1",
+    *synthetic_args(),
+    *quiet_trainer_args(),
+    "--trainer.log_every_n_steps=1",
+    "--seed_everything=7",
+]
+
+
+def scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of the one run under ``root``: tag → [(step, value)], by step."""
+    (run,) = (root / "lightning_logs" / "vae").iterdir()
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    series = {}
+    for tag in events.Tags()["scalars"]:
+        # A resumed run logs the steps after the checkpoint again: the last value of a step wins.
+        by_step = {e.step: e.value for e in events.Scalars(tag)}
+        series[tag] = sorted(by_step.items())
+    return series
+
+
+@pytest.mark.parametrize("first", [6, 4], ids=["mid-epoch", "epoch-boundary"])
+def test_a_resumed_run_equals_the_uninterrupted_one(in_tmp, first: int) -> None:
+    # 4 batches an epoch: 6 steps stop in the middle of the second epoch, 4 at its start.
+    total = 10
+    straight = ZooCLI(
+        [*RESUME_VAE, f"--trainer.max_steps={total}", f"--trainer.default_root_dir={in_tmp / 'a'}"]
+    )
+    root = f"--trainer.default_root_dir={in_tmp / 'b'}"
+    ZooCLI([*RESUME_VAE, f"--trainer.max_steps={first}", root])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not resumable")  # Lightning's warning
+        resumed = ZooCLI([*RESUME_VAE, f"--trainer.max_steps={total}", root, "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == straight.trainer.global_step == total
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+    a, b = scalars(in_tmp / "a"), scalars(in_tmp / "b")
+    assert a.keys() == b.keys()
+    for tag in a:  # train/neg_elbo, train/temperature, val/neg_elbo, val/nll_iw, epoch, ...
+        assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]], tag
+        torch.testing.assert_close(
+            torch.tensor([v for _, v in b[tag]]), torch.tensor([v for _, v in a[tag]]), msg=tag
+        )

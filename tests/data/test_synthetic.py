@@ -6,7 +6,11 @@ import lightning as L
 import pytest
 import torch
 
+from tests.models.cases import quiet_trainer
 from zoo.data import SyntheticBinaryDataModule
+from zoo.data.base import ResumableBatchSampler
+from zoo.estimators import GumbelSoftmax
+from zoo.models import CategoricalVAE
 
 
 def make_dm(**kwargs) -> SyntheticBinaryDataModule:
@@ -128,3 +132,42 @@ def test_trainer_runs_on_datamodule(tmp_path):
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm, verbose=False)
     assert model.seen == {"train": 64, "val": 32, "test": 16}
+
+
+def test_the_batch_sampler_resumes_in_the_middle_of_an_epoch_and_at_its_end():
+    def sampler():
+        return ResumableBatchSampler(
+            10, 3, shuffle=True, generator=torch.Generator().manual_seed(5)
+        )
+
+    straight = sampler()
+    epochs = [list(straight), list(straight)]  # two epochs of 4 batches
+    assert epochs[0] != epochs[1]
+    assert sorted(i for batch in epochs[0] for i in batch) == list(range(10))
+    # Two batches used, then a checkpoint: a new sampler goes on from the third.
+    first = sampler()
+    iterator = iter(first)
+    next(iterator), next(iterator), next(iterator)  # the loader fetched one ahead
+    first.consumed = 2  # what the datamodule counted
+    resumed = sampler()
+    resumed.generator.manual_seed(123)  # whatever it had: the state replaces it
+    resumed.load_state_dict(first.state_dict())
+    assert list(resumed) == epochs[0][2:]
+    assert list(resumed) == epochs[1]  # and the next epoch is the uninterrupted run's
+    # At the end of an epoch the state points at the next one.
+    done = sampler()
+    list(done)
+    done.consumed = len(done)
+    after = sampler()
+    after.load_state_dict(done.state_dict())
+    assert list(after) == epochs[1]
+    with pytest.raises(ValueError, match="consumed must be an integer in \\[0, 4\\], got 9"):
+        after.load_state_dict({"generator": done.generator.get_state(), "consumed": 9})
+
+
+def test_the_loader_counts_only_the_batches_training_uses():
+    dm = make_dm(num_train=64, num_val=16, num_test=16, dim=16, batch_size=16)
+    model = CategoricalVAE(GumbelSoftmax(), 2, 3, input_dim=16, hidden_sizes=(8,))
+    trainer: L.Trainer = quiet_trainer(max_steps=3)
+    trainer.fit(model, dm)
+    assert dm.train_dataloader().state_dict()["consumed"] == 3  # 4 fetched, 3 used

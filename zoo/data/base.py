@@ -6,6 +6,14 @@ once (``__getitems__``), so a batch costs one indexing operation instead of
 ``{"x": (B, D)}``, or ``{"x": (B, D // 2), "y": (B, D - D // 2)}`` when the split
 is ``"halves"`` (the structured-output task of Tang & Salakhutdinov / Raiko et
 al.: predict the lower half of an image from its upper half).
+
+A run resumed from a checkpoint sees the batches an uninterrupted run would
+have seen: the training order comes from a `ResumableBatchSampler`, whose
+state (the shuffling generator at the start of the epoch and the batches the
+model has consumed) Lightning saves with the checkpoint through the loader's
+``state_dict``; under a trainer, dynamic binarization is drawn when a batch
+reaches the model (``on_after_batch_transfer``), from torch's global generator,
+whose state the model's checkpoint keeps.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 ENV_DATA_DIR = "ZOO_DATA_DIR"
 """Environment variable that names the dataset root when ``data_dir`` is not given."""
@@ -71,6 +79,10 @@ class BinaryImageDataset(Dataset):
             generator, so runs are reproducible and workers differ).
         split: ``"full"`` for ``{"x": all D}``; ``"halves"`` for
             ``{"x": first D // 2, "y": the rest}``.
+
+    With ``defer_binarization`` set (a datamodule under a trainer does it), a
+    dynamic set returns the intensities ``data / 255`` and leaves the draw to
+    `binarize` at the moment the batch is used.
     """
 
     def __init__(self, data: Tensor, *, dynamic: bool = False, split: Split = "full") -> None:
@@ -84,6 +96,7 @@ class BinaryImageDataset(Dataset):
         self.data = data
         self.dynamic = dynamic
         self.split = split
+        self.defer_binarization = False
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -94,7 +107,9 @@ class BinaryImageDataset(Dataset):
         return self.data.shape[1]
 
     def _format(self, rows: Tensor) -> dict[str, Tensor]:
-        if self.dynamic:
+        if self.dynamic and self.defer_binarization:
+            x = rows.to(torch.float32).div_(255.0)
+        elif self.dynamic:
             x = torch.bernoulli(rows.to(torch.float32).div_(255.0))
         else:
             x = rows.to(torch.float32)
@@ -108,6 +123,85 @@ class BinaryImageDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
         return self._format(self.data[torch.as_tensor(indices, dtype=torch.long)])
+
+
+def binarize(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One Bernoulli draw of every pixel of a batch of intensities in [0, 1] (torch's global RNG)."""
+    return {key: torch.bernoulli(value) for key, value in batch.items()}
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches of indices 0..N-1, shuffled per epoch or in order, that resume mid-epoch.
+
+    ``state_dict()`` holds the shuffling generator's state at the start of the
+    current epoch and ``consumed``, the batches of this epoch the model has
+    used (the datamodule counts them as they reach the model; Lightning fetches
+    one batch ahead, so the batches drawn are not the batches used). After
+    ``load_state_dict``, the next epoch draws the same permutation and starts
+    at batch ``consumed``. At the end of an epoch the state is the generator's
+    current one and 0: the next epoch starts afresh.
+
+    Args:
+        size: N, examples in the data set.
+        batch_size: indices per batch (the last batch may be smaller).
+        shuffle: a new permutation every epoch (else 0..N-1 in order).
+        generator: the generator behind the permutations (owned by the sampler).
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    ) -> None:
+        _check_int("size", size, minimum=0)
+        _check_int("batch_size", batch_size, minimum=1)
+        self.size = size
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator if generator is not None else torch.Generator()
+        self.consumed = 0
+        self._epoch_start: Tensor | None = None
+        self._resume: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
+
+    def __iter__(self):
+        start = 0
+        if self._resume is not None:
+            state, self._resume = self._resume, None
+            self.generator.set_state(state["generator"])
+            start = int(state["consumed"])
+        self._epoch_start = self.generator.get_state()
+        order = torch.randperm(self.size, generator=self.generator) if self.shuffle else None
+        self.consumed = start
+        for i in range(start, len(self)):
+            lo, hi = i * self.batch_size, min(self.size, (i + 1) * self.batch_size)
+            yield order[lo:hi].tolist() if order is not None else list(range(lo, hi))
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._resume is not None:  # loaded, not yet iterated: pass it on unchanged
+            return dict(self._resume)
+        if self._epoch_start is None or self.consumed >= len(self):
+            return {"generator": self.generator.get_state(), "consumed": 0}
+        return {"generator": self._epoch_start, "consumed": self.consumed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        consumed = state_dict.get("consumed")
+        if not isinstance(consumed, int) or not 0 <= consumed <= len(self):
+            raise ValueError(
+                f"ResumableBatchSampler: consumed must be an integer in [0, {len(self)}], "
+                f"got {consumed!r} (a checkpoint of a different data set or batch size?)"
+            )
+        self._resume = {"generator": state_dict["generator"], "consumed": consumed}
+
+
+class ResumableLoader(DataLoader):
+    """A `DataLoader` over a `ResumableBatchSampler` with its ``state_dict``, which Lightning checkpoints."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batch_sampler.load_state_dict(state_dict)
 
 
 def collate_batch(batch: Any) -> Any:
@@ -157,7 +251,7 @@ class ZooDataModule(L.LightningDataModule):
         self.train_set: BinaryImageDataset | None = None
         self.val_set: BinaryImageDataset | None = None
         self.test_set: BinaryImageDataset | None = None
-        self._shuffle_generator: torch.Generator | None = None
+        self._train_batches: ResumableBatchSampler | None = None
 
     @property
     def input_dim(self) -> int:
@@ -175,22 +269,41 @@ class ZooDataModule(L.LightningDataModule):
                 f"{type(self).__name__}.{stage}_dataloader() called before setup(); "
                 f"call prepare_data() and setup() first (a Trainer does this)"
             )
-        generator = None
         if shuffle:
-            # One generator for the life of the datamodule: reloading the loader
+            # One sampler for the life of the datamodule: reloading the loader
             # continues the stream instead of replaying the first epoch's order.
-            if self._shuffle_generator is None:
-                self._shuffle_generator = torch.Generator().manual_seed(self.seed)
-            generator = self._shuffle_generator
-        return DataLoader(
+            if self._train_batches is None:
+                generator = torch.Generator().manual_seed(self.seed)
+                self._train_batches = ResumableBatchSampler(
+                    len(dataset), self.batch_size, shuffle=True, generator=generator
+                )
+            batches = self._train_batches
+        else:
+            batches = ResumableBatchSampler(len(dataset), self.batch_size, shuffle=False)
+        # Under a trainer the dynamic binarization is drawn in on_after_batch_transfer.
+        dataset.defer_binarization = self.trainer is not None
+        return ResumableLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            batch_sampler=batches,
+            # Its own generator for the workers' seeds: creating an iterator then
+            # leaves torch's global generator alone (a resumed run draws what an
+            # uninterrupted one draws).
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_batch,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the training batches the model uses, and draw their dynamic binarization."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return batch
+        if self._train_batches is not None:
+            self._train_batches.consumed += 1
+        if self.train_set is not None and self.train_set.dynamic and isinstance(batch, dict):
+            batch = binarize(batch)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", shuffle=True)

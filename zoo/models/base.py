@@ -192,16 +192,41 @@ class LatentVariableModel(L.LightningModule):
             metrics.update(estimate.stats)
         batch_size = int(estimate.cost.shape[0])
         on_step = stage == "train"
+        step = self._log_step(stage)
+        if step is not None:
+            # Lightning's logger reads a logged "step" as the x-axis (documented in its
+            # log_metrics). Given explicitly, it is the same in a resumed run as in an
+            # uninterrupted one; Lightning's own counter is one ahead after a resume
+            # from a checkpoint written at the end of an epoch.
+            metrics["step"] = torch.tensor(float(step))
+            metrics["epoch"] = torch.tensor(float(self.current_epoch))  # what Lightning adds itself
         for name, value in metrics.items():
             self.log(
-                f"{stage}/{name}",
+                name if name in ("step", "epoch") else f"{stage}/{name}",
                 value,
                 prog_bar=name == self.objective_name,
+                logger=True,
                 on_step=on_step,
                 on_epoch=not on_step,
                 batch_size=batch_size,
             )
         return loss
+
+    def _log_step(self, stage: str) -> int | None:
+        """The step a training or in-training validation log belongs to; None: Lightning's own.
+
+        Training logs step t for batch t (0-based); a validation during training
+        logs the step of the last training batch before it, as Lightning does.
+        """
+        try:
+            trainer = self.trainer
+        except RuntimeError:
+            return None
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return None
+        if stage == "train":
+            return self.global_step
+        return max(self.global_step - 1, 0) if stage == "val" else None
 
     def _logs_this_step(self) -> bool:
         """Whether Lightning writes the training logs of this step (every ``log_every_n_steps``).
