@@ -13,7 +13,8 @@ averaged over the coordinates of θ, and max |z| (bias in standard errors;
 The last column divides the variance by that of straight-through
 Gumbel-Softmax (τ = 0.5) in the same run, the reference Gumbel-Rao is meant
 to improve on. Rows for estimators made for other structures (ARM and DisARM
-are for Bernoulli, Gumbel-CRF for chains, Gumbel-Rao needs conditional noise)
+are for Bernoulli, Gumbel-CRF for chains, Gumbel-Rao needs conditional noise,
+the unordered-set estimator is for Categorical)
 are listed as n/a. A second table checks VIMCO against the exact gradient of
 its own objective, the S-sample bound E[log (1/S) Σ_s w_s] with
 log w_s = -f(z_s) - log q(z_s), enumerated over every S-tuple.
@@ -48,6 +49,7 @@ from zoo.estimators import (
     Reinforce,
     STGumbelSoftmax,
     StraightThrough,
+    UnorderedSetReinforce,
 )
 from zoo.structures import Bernoulli, Categorical, Structure
 from zoo.testing import check_estimator
@@ -129,6 +131,8 @@ def main() -> None:
         ("Reinforce(S=1, greedy)", Reinforce(1, GreedyBaseline())),
         ("Reinforce(S=2, leave-one-out)", Reinforce(2, LeaveOneOutBaseline())),
         ("Reinforce(S=4, leave-one-out)", Reinforce(4, LeaveOneOutBaseline())),
+        ("UnorderedSetReinforce(k=2)", UnorderedSetReinforce(2)),
+        ("UnorderedSetReinforce(k=4)", UnorderedSetReinforce(4)),
         ("ARM (2 evaluations)", ARM()),
         ("DisARM (2 evaluations)", DisARM()),
     ]

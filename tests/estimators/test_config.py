@@ -13,12 +13,18 @@ from tests.conftest import REPO_ROOT
 from tests.models.cases import ESTIMATORS
 from zoo.config import as_estimator
 from zoo.estimators import (
+    ARM,
+    VIMCO,
+    DisARM,
     Estimator,
     Exact,
+    GumbelCRF,
+    GumbelRao,
     GumbelSoftmax,
     LeaveOneOutBaseline,
     MovingAverageBaseline,
     Reinforce,
+    UnorderedSetReinforce,
     from_config,
 )
 
@@ -150,3 +156,25 @@ def test_zoo_config_imports_no_estimator_and_the_old_path_still_works() -> None:
         {"class_path": "zoo.estimators.reinforce.Reinforce", "init_args": {"num_samples": 2}}
     )
     assert isinstance(built, Reinforce)
+
+
+NEW_ESTIMATORS = [
+    lambda: GumbelCRF(0.7, straight_through=True, num_samples=2),
+    lambda: GumbelRao(0.5, num_rao=6),
+    lambda: VIMCO(4),
+    lambda: ARM(3),
+    lambda: DisARM(),
+    lambda: UnorderedSetReinforce(5),
+    lambda: Exact(max_support=1000),
+]
+
+
+@pytest.mark.parametrize("make", NEW_ESTIMATORS, ids=lambda m: type(m()).__name__)
+def test_the_newer_estimators_rebuild_from_their_configs(make) -> None:
+    estimator = make()
+    config = estimator.init_config()
+    assert yaml.safe_load(yaml.safe_dump(config)) == config
+    rebuilt = from_config(config, Estimator)
+    assert type(rebuilt) is type(estimator)
+    assert repr(rebuilt) == repr(estimator)
+    assert rebuilt.init_config() == config
