@@ -14,7 +14,11 @@ used with:
   Rennie et al. 2017).
 
 Baselines are modules injected into `Reinforce`; their state lives in buffers
-and parameters, so it reaches checkpoints.
+and parameters, so it reaches checkpoints. Under data-parallel training the
+state agrees across ranks: `MovingAverageBaseline` updates from the mean
+cost all-reduced over the ranks (`global_mean`), `LearnedBaseline`'s weights
+are parameters that DDP's gradient all-reduce keeps equal, and the other two
+hold no state.
 """
 
 from __future__ import annotations
