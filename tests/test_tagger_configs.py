@@ -1,0 +1,126 @@
+"""The tagger catalogue: every config under configs/tagger parses, builds what its name says, and runs.
+
+Files are named ``configs/tagger/<decoder>-<estimator>.yaml``; each runs
+``fast_dev_run`` on a ``limit``-ed UD English EWT (skipped without the shared
+files) with small widths, and the synthetic data group file runs end to end.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.models.cases import quiet_trainer_args
+from zoo.cli import ZooCLI
+from zoo.estimators import (
+    GreedyBaseline,
+    GumbelCRF,
+    GumbelSoftmax,
+    LeaveOneOutBaseline,
+    MovingAverageBaseline,
+    PerturbAndMAP,
+    Reinforce,
+    StraightThrough,
+)
+from zoo.models.tagger import (
+    LSTMTagger,
+    MarginalExpectation,
+    MarginalLikelihoodHMM,
+    NeuralHMMTagger,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs" / "tagger").glob("*.yaml"))
+DATA = ROOT / "data"
+HAS_EWT = (DATA / "ud_english_ewt" / "en_ewt-ud-train.conllu.gz").is_file()
+
+DECODERS = {"hmm": NeuralHMMTagger, "lstm": LSTMTagger}
+ESTIMATORS = {
+    "exact": (MarginalExpectation, None),
+    "gumbel": (GumbelSoftmax, None),
+    "gumbel-crf": (GumbelCRF, None),
+    "st-gumbel-crf": (GumbelCRF, None),
+    "straight-through": (StraightThrough, None),
+    "perturb-and-map": (PerturbAndMAP, None),
+    "reinforce-ema": (Reinforce, MovingAverageBaseline),
+    "reinforce-loo": (Reinforce, LeaveOneOutBaseline),
+    "reinforce-greedy": (Reinforce, GreedyBaseline),
+}
+SMALL = ["--model.embedding_dim=16", "--model.hidden_size=16"]
+
+
+@pytest.fixture(autouse=True)
+def no_pytest_argv(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+
+def parts(path: Path) -> tuple[str, str]:
+    decoder, estimator = path.stem.split("-", 1)
+    return decoder, estimator
+
+
+def test_the_catalogue_is_complete() -> None:
+    names = {p.stem for p in CONFIGS}
+    expected = {f"{d}-{e}" for d in DECODERS for e in ESTIMATORS if (d, e) != ("lstm", "exact")}
+    assert names == expected | {"hmm-marginal-likelihood"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_names_what_it_builds(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
+    decoder, estimator = parts(path)
+    model = config["model"]
+    assert config["data"]["class_path"] == "zoo.data.ud.UDTaggingDataModule"
+    assert "input_dim" not in model["init_args"]  # linked from the data
+    if estimator == "marginal-likelihood":
+        assert model["class_path"] == "zoo.models.tagger.MarginalLikelihoodHMM"
+        return
+    assert model["class_path"] == f"zoo.models.tagger.{DECODERS[decoder].__name__}"
+    kind, baseline = ESTIMATORS[estimator]
+    spec = model["init_args"]["estimator"]
+    assert spec["class_path"].rsplit(".", 1)[1] == kind.__name__
+    if kind is GumbelCRF:
+        assert spec["init_args"]["straight_through"] == estimator.startswith("st-")
+    if baseline is not None:
+        assert spec["init_args"]["baseline"]["class_path"].rsplit(".", 1)[1] == baseline.__name__
+
+
+@pytest.mark.skipif(not HAS_EWT, reason="UD English EWT not found under data/")
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_runs_fast_dev_run_on_a_limited_ewt(path: Path, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZOO_DATA_DIR", str(DATA))
+    args = ["fit", "--config", str(path), "--data.limit=40", "--trainer.fast_dev_run=2"]
+    tiny = ["--model.num_tags=6", "--data.batch_size=8", "--data.max_train_length=15"]
+    cli = ZooCLI([*args, *SMALL, *tiny, *quiet_trainer_args()])
+    decoder, estimator = parts(path)
+    want = MarginalLikelihoodHMM if estimator == "marginal-likelihood" else DECODERS[decoder]
+    assert type(cli.model) is want
+    assert cli.model.input_dim == cli.datamodule.input_dim
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["train/neg_elbo"]) > 0
+    for name in ("m1_xpos", "o1_xpos", "vm_xpos", "m1_upos"):
+        assert 0 < float(metrics[f"val/{name}"]) <= 1, name
+
+
+def test_synthetic_group_file_fit_test_and_predict(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "configs" / "tagger" / "hmm-exact.yaml"
+    data = ROOT / "configs" / "data" / "hmm-synthetic.yaml"
+    common = ["--config", str(config), "--config", str(data), "--model.num_tags=5",
+              "--model.gold_tags=[states]", "--data.num_train=64", *SMALL, *quiet_trainer_args()]  # fmt: skip
+    cli = ZooCLI(["fit", *common, "--trainer.max_epochs=1"])
+    assert 0 < float(cli.trainer.callback_metrics["val/m1_states"]) <= 1
+    ckpt = next(Path("lightning_logs").glob("tagger/version_0/checkpoints/last.ckpt"))
+    cli = ZooCLI(["test", *common, f"--ckpt_path={ckpt}"])
+    assert float(cli.trainer.callback_metrics["test/nll"]) > 0
+    out = tmp_path / "tags.conllu"
+    writer = ["--trainer.callbacks+=zoo.models.tagger.InducedTagWriter",
+              f"--trainer.callbacks.output_path={out}"]  # fmt: skip
+    ZooCLI(["predict", *common, *writer, f"--ckpt_path={ckpt}"])
+    blocks = out.read_text().strip().split("\n\n")
+    assert len(blocks) == 200  # the test split
+    assert blocks[0].splitlines()[0].split("\t")[9].startswith("Tag=")
