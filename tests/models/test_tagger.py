@@ -233,6 +233,9 @@ def test_trains_validates_tests_and_predicts(make, tmp_path) -> None:
     trainer.fit(model, data)
     frozen = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
     assert not frozen
+    words = getattr(model.decoder, "words", None)
+    if getattr(words, "num_chars", 0) > 0:  # the vocabulary's characters reached the emissions
+        assert torch.equal(words.word_chars[:, :3], data.word_chars[:, :3])
     metrics = trainer.callback_metrics
     for name in ("neg_elbo", "m1_states", "o1_states", "vm_states"):
         assert torch.isfinite(metrics[f"val/{name}"]), name

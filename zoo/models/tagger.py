@@ -371,6 +371,7 @@ class ChainTagger(LatentVariableModel):
         )
         self.token_nll = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self._logged_text: list[str] = []
+        self._val_batch = -1
 
     # ------------------------------------------------------------------ the model
     def prior_parameters(self) -> tuple[Tensor, Tensor]:
