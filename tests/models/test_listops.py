@@ -261,8 +261,13 @@ def test_validation_logs_accuracy_and_tree_agreement_by_bucket(tmp_path) -> None
         assert 0.0 <= float(logged[name]) <= 1.0, name
     trainer.test(model, dm)
     assert {"test/accuracy", "test/uas"} <= set(trainer.callback_metrics)
-    events = list(tmp_path.rglob("events.out.tfevents.*"))
-    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "tensors": 0})
+    accumulator.Reload()
+    assert "val/trees" in accumulator.Tags()["images"]  # the drawn trees
+    assert any(tag.startswith("val/trees") for tag in accumulator.Tags()["tensors"])  # the text
 
 
 @pytest.mark.slow

@@ -444,6 +444,36 @@ def collate(examples: Sequence[ListOpsExample]) -> dict[str, Tensor]:
     }
 
 
+class _BucketedBatches(torch.utils.data.Sampler[list[int]]):
+    """Random training batches of similar length: shuffle, sort within pools of 50 batches, shuffle batches.
+
+    The cost of a batch grows with its longest expression (cubically for the
+    tree programs), and ListOps lengths are spread from 1 to ~1,000: random
+    batches are mostly padding. Each epoch draws a new order from ``generator``.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> None:
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator)
+        pool = 50 * self.batch_size
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = order[start : start + pool]
+            chunk = chunk[self.lengths[chunk].argsort(stable=True)].tolist()
+            batches += [
+                chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
+            ]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+
 class _LengthSortedBatches(torch.utils.data.Sampler[list[int]]):
     """Batches of examples of similar length, in a fixed order (evaluation only).
 
@@ -478,7 +508,8 @@ class ListOpsDataModule(L.LightningDataModule):
             (None: no limit, the official distribution, up to ~1,000 symbols).
         min_length: generated expressions shorter than this are redrawn.
         max_depth: the generator's maximum depth (20 in the official data).
-        batch_size: expressions per batch.
+        batch_size: expressions per batch; training batches are random but group
+            expressions of similar length (sorted within pools of 50 batches).
         eval_batch_size: expressions per validation and test batch (None: ``batch_size``);
             these batches group expressions of similar length.
         num_workers: DataLoader worker processes.
@@ -590,13 +621,9 @@ class ListOpsDataModule(L.LightningDataModule):
         if stage == "train":
             if self._shuffle_generator is None:
                 self._shuffle_generator = torch.Generator().manual_seed(self.seed)
-            return DataLoader(
-                dataset,
-                batch_size=self.batch_size,
-                shuffle=True,
-                generator=self._shuffle_generator,
-                **common,
-            )
+            lengths = [len(e.tokens) for e in dataset.examples]
+            sampler = _BucketedBatches(lengths, self.batch_size, self._shuffle_generator)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
         lengths = [len(e.tokens) for e in dataset.examples]
         return DataLoader(
             dataset, batch_sampler=_LengthSortedBatches(lengths, self.eval_batch_size), **common

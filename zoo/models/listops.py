@@ -238,7 +238,8 @@ class DependencyComposer(nn.Module):
         embedding_dim: width of the composer's own token embeddings.
         hidden_dim: width of the node MLP.
         num_rounds: message-passing rounds (at most N are run); a node of height k
-            is exact after k rounds (digits need none), and ListOps operators nest 19 deep at most.
+            is exact after k rounds (digits need none), and ListOps operators nest 19 deep at
+            most. Rounds stop early at a fixpoint (a hard tree's depth, plus one).
     """
 
     def __init__(
@@ -264,7 +265,12 @@ class DependencyComposer(nn.Module):
         for _ in range(min(self.num_rounds, n)):
             logits = self.node(torch.cat([e, multiset_features(counts)], -1))
             values = is_digit * literal + (1 - is_digit) * logits.softmax(-1)
-            counts = children @ values[..., :NUM_CLASSES]  # (B, N, 10): Σ_m z[h, m] p_m
+            update = children @ values[..., :NUM_CLASSES]  # (B, N, 10): Σ_m z[h, m] p_m
+            # A hard tree reaches its fixpoint after as many rounds as it is deep; the
+            # rounds after it would recompute the same numbers bit for bit.
+            if torch.equal(update, counts):
+                break
+            counts = update
         # At the root every token speaks through the node MLP, digits included: a hard
         # literal there would cost −log 0 for a wrongly rooted digit.
         logits = self.node(torch.cat([e, multiset_features(counts)], -1))
