@@ -76,6 +76,8 @@ def _max_time(minutes: float) -> str:
 # ----------------------------------------------------------------------------- accuracy
 def run_one(estimator: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train one config for the budget, test it, return the numbers."""
+    import lightning as L
+
     from zoo.cli import main as cli_main
 
     config = ROOT / "configs" / "m2" / f"{estimator}.yaml"
@@ -114,8 +116,13 @@ def run_one(estimator: str, args: argparse.Namespace) -> dict[str, Any]:
     steps = trainer.global_step
     temperature = getattr(module.estimator, "temperature", None)
 
+    # A fresh trainer, as ``train.py test --ckpt_path`` would: the fit's TensorBoard writer is closed.
+    tester = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
     start = time.perf_counter()
-    (metrics,) = trainer.test(module, datamodule=data, verbose=False)
+    (metrics,) = tester.test(module, datamodule=data, verbose=False)
     test_s = time.perf_counter() - start
     paper_name, paper = PAPER.get(estimator, (None, None))
     return {
