@@ -68,7 +68,8 @@ import torch
 from torch import Tensor, nn
 
 from zoo.estimators import Estimator, Exact, LeaveOneOutBaseline, Reinforce
-from zoo.structures import Bernoulli, Categorical, LinearChainCRF, Structure
+from zoo.estimators.support import support_size
+from zoo.structures import Structure
 
 __all__ = [
     "GradientStatistics",
@@ -105,30 +106,6 @@ class Reference:
 
 
 # ------------------------------------------------------------------ helpers
-def _support_size(q: Structure) -> int | None:
-    """The largest support size over q's batch, or None when it is not known here."""
-    own = getattr(q, "support_size", None)
-    if callable(own):
-        return int(own())
-    try:  # the estimators' table of counts, where it exists
-        from zoo.estimators.support import support_size  # type: ignore[import-not-found]
-    except ImportError:
-        support_size = None
-    if support_size is not None:
-        try:
-            return int(support_size(q))
-        except (TypeError, ValueError, NotImplementedError):
-            return None
-    length = q.max_length if q.lengths is not None else None
-    if isinstance(q, Categorical):
-        return q.event_shape[-1] ** (length or q.event_shape[-2])
-    if isinstance(q, Bernoulli):
-        return 2 ** (length or q.event_shape[-1])
-    if isinstance(q, LinearChainCRF):
-        return q.event_shape[-1] ** (length or q.event_shape[0] + 1)
-    return None
-
-
 def _replicate(batch: Batch, copies: int) -> dict[str, Tensor]:
     """Every tensor of the batch repeated ``copies`` times along dim 0: ``(copies · B, ...)``."""
     out = {}
@@ -235,7 +212,7 @@ def reference_gradient(
     """
     expected_cost = getattr(model, "expected_cost", None)
     if kind == "auto":
-        size = _support_size(q)
+        size = support_size(q)
         if callable(expected_cost):
             kind = "closed_form"
         elif size is not None and size <= max_support:
@@ -248,7 +225,7 @@ def reference_gradient(
         leaf, flat = _leaf_structure(q, 1)
         return Reference(_grad(expected_cost(flat, dict(batch)), leaf)[0], 0.0, kind)
     if kind == "exact":
-        size = _support_size(q)
+        size = support_size(q)
         if size is None or size > max_support:
             raise ValueError(
                 f"exact reference: {type(q).__name__} has support size {size} per batch element "
@@ -257,11 +234,11 @@ def reference_gradient(
         # A cost with noise of its own (the SBN's inner estimate) makes the
         # enumeration an unbiased estimate only: two copies tell, and then
         # reference_chunks copies give its standard error.
-        grads = probe_gradients(model, batch, q, Exact(), 2, differentiable_cost=False)
+        grads = probe_gradients(model, batch, q, Exact(max_support), 2, differentiable_cost=False)
         if torch.equal(grads[0], grads[1]):
             return Reference(grads[0], 0.0, kind)
         grads = probe_gradients(
-            model, batch, q, Exact(), max(2, reference_chunks), differentiable_cost=False
+            model, batch, q, Exact(max_support), max(2, reference_chunks), differentiable_cost=False
         )
         return _averaged(grads, "exact")
     if kind != "reinforce":
