@@ -24,8 +24,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.models.cases import quiet_trainer_args, synthetic_args
-from zoo.callbacks import TemperatureAnnealing
-from zoo.cli import PROGRESS_BAR_REFRESH_RATE, NullProfiler, ZooCLI, main
+from zoo.callbacks import TemperatureAnnealing, ZooProgressBar
+from zoo.cli import PROGRESS_BAR_REFRESH_RATE, TRACEBACK_ENV, NullProfiler, ZooCLI, main
 from zoo.estimators import (
     GumbelSoftmax,
     LeaveOneOutBaseline,
@@ -351,3 +351,124 @@ def test_a_resumed_run_equals_the_uninterrupted_one(in_tmp, first: int) -> None:
         torch.testing.assert_close(
             torch.tensor([v for _, v in b[tag]]), torch.tensor([v for _, v in a[tag]]), msg=tag
         )
+
+
+# ---------------------------------------------------------------- command line
+def run_train_py(
+    *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != TRACEBACK_ENV}
+    env.update({"PYTHONPATH": str(ROOT), **(extra_env or {})})
+    command = [sys.executable, str(ROOT / "train.py"), *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+
+
+def test_default_root_dir_is_the_root_of_logs_and_checkpoints(in_tmp) -> None:
+    root = f"--trainer.default_root_dir={in_tmp / 'runs'}"
+    fit_sbn(root, max_steps=2)
+    run = in_tmp / "runs" / "lightning_logs" / "sbn" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert not (in_tmp / "lightning_logs").exists()
+    # --ckpt_path last looks there too, and goes on in the same run.
+    resumed = fit_sbn(root, "--ckpt_path", "last", max_steps=4)
+    assert resumed.trainer.global_step == 4
+    assert [p.name for p in run.parent.iterdir()] == ["version_0"]
+
+
+def test_a_constructors_error_is_shown_first_and_alone(in_tmp) -> None:
+    bad = ["fit", *TINY_VAE, "--model.estimator=GumbelSoftmax", "--model.estimator.temperature=0"]
+    result = run_train_py(*bad, *synthetic_args())
+    assert result.returncode == 2
+    # Lightning's "Seed set to 0" comes before the models are built; then the error.
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "Seed set" not in line]
+    assert lines[0] == "error: temperature must be a finite number > 0, got 0.0", lines
+    assert len(lines) <= 4 and "Traceback" not in result.stderr
+    # ZOO_TRACEBACK=1 shows the whole story.
+    full = run_train_py(*bad, *synthetic_args(), extra_env={TRACEBACK_ENV: "1"})
+    assert full.returncode != 0 and "Traceback" in full.stderr
+    assert "temperature must be a finite number > 0" in full.stderr
+
+
+def test_a_type_error_is_one_line_not_the_usage(in_tmp) -> None:
+    result = run_train_py("fit", *TINY_VAE, "--model.lr=abc", *synthetic_args())
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0] == "error: model.lr: Expected a <class 'float'>. Got value: abc", lines
+    assert len(lines) <= 4 and "usage:" not in result.stderr
+
+
+def test_every_run_is_free_of_lightnings_tips_and_deprecations(in_tmp) -> None:
+    args = ["fit", *TINY_VAE, "--model.estimator=GumbelSoftmax", *synthetic_args()]
+    result = run_train_py(*args, *quiet_trainer_args(), "--trainer.max_steps=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    for noise in ("💡 Tip", "litlogger", "LeafSpec", "JsonargparseDeprecationWarning"):
+        assert noise not in output, noise
+
+
+def test_the_annealing_schedule_has_flags(in_tmp) -> None:
+    flags = [
+        "--annealing.rate=0.01",
+        "--annealing.min_temperature=0.2",
+        "--annealing.every_n_steps=7",
+        "--annealing.initial_temperature=2.0",
+    ]
+    cli = ZooCLI(["--config", VAE_CONFIG, *flags], run=False)
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, TemperatureAnnealing)]
+    assert (callback.rate, callback.min_temperature) == (0.01, 0.2)
+    assert (callback.every_n_steps, callback.initial_temperature) == (7, 2.0)
+
+
+def test_a_schedule_in_trainer_callbacks_still_works_but_not_twice(in_tmp) -> None:
+    older = ["--trainer.callbacks+=TemperatureAnnealing", "--trainer.callbacks.rate=0.3"]
+    cli = ZooCLI(
+        [*TINY_VAE, "--model.estimator=GumbelSoftmax", *synthetic_args(), *older], run=False
+    )
+    assert annealing(cli.trainer).rate == 0.3  # the one in trainer.callbacks, alone
+    with pytest.raises(ValueError, match="the temperature schedule is given twice"):
+        ZooCLI(
+            [
+                *TINY_VAE,
+                "--model.estimator=GumbelSoftmax",
+                *synthetic_args(),
+                *older,
+                "--annealing.rate=0.1",
+            ],
+            run=False,
+        )
+
+
+def test_the_test_bar_moves_after_every_batch(in_tmp) -> None:
+    seen: list[int] = []
+
+    class Record(L.Callback):
+        def on_test_batch_end(self, trainer, *args) -> None:
+            seen.append(trainer.progress_bar_callback.test_progress_bar.n)
+
+    cli = ZooCLI([*TINY_VAE, "--model.estimator=GumbelSoftmax", *synthetic_args()], run=False)
+    bar = cli.trainer.progress_bar_callback
+    assert type(bar) is ZooProgressBar and bar.refresh_rate == PROGRESS_BAR_REFRESH_RATE
+    trainer = L.Trainer(callbacks=[ZooProgressBar(refresh_rate=50), Record()], logger=False)
+    trainer.test(cli.model, cli.datamodule)
+    assert seen == [1, 2]  # 32 test examples in batches of 16; TQDMProgressBar(50): [0, 2]
+
+
+def test_val_nll_iw_is_logged_when_asked_and_the_hparams_tab_has_its_final_value(in_tmp) -> None:
+    args = ["fit", *TINY_VAE, "--model.estimator=GumbelSoftmax", *synthetic_args()]
+    cli = ZooCLI([*args, *quiet_trainer_args(), "--trainer.max_epochs=2"])
+    assert "val/nll_iw" not in cli.trainer.callback_metrics  # the default: m = 0 in validation
+    cli = ZooCLI(
+        [*args, *quiet_trainer_args(), "--trainer.max_epochs=2", "--model.val_importance_samples=4"]
+    )
+    run = Path(cli.trainer.logger.log_dir)
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert "val/nll_iw" in {m.name.tag for m in experiment.experiment.metric_infos}
+    series = events.Scalars("val/nll_iw")
+    assert len(series) == 2  # one per epoch, no placeholder
+    assert series[-1].value == pytest.approx(float(cli.trainer.callback_metrics["val/nll_iw"]))
