@@ -82,15 +82,11 @@ def _is_bernoulli(q: Structure) -> bool:
     return isinstance(q, Bernoulli)
 
 
-def _is_categorical(q: Structure) -> bool:
-    return isinstance(q, Categorical)
-
-
 def _is_chain(q: Structure) -> bool:
     return isinstance(q, LinearChainCRF)
 
 
-def _has_rao(q: Structure) -> bool:
+def _is_factorized(q: Structure) -> bool:
     return isinstance(q, (Bernoulli, Categorical))
 
 
@@ -113,11 +109,11 @@ ESTIMATORS = [
     ),
     EstimatorCase("reinforce_greedy", lambda q: Reinforce(2, GreedyBaseline()), "unbiased"),
     EstimatorCase("vimco", lambda q: VIMCO(3), "bound"),
-    EstimatorCase("unordered_set", lambda q: UnorderedSetReinforce(3), "unbiased", _is_categorical),
+    EstimatorCase("unordered_set", lambda q: UnorderedSetReinforce(3), "unbiased", _is_factorized),
     EstimatorCase("arm", lambda q: ARM(2), "unbiased", _is_bernoulli, rows_per_sample=2),
     EstimatorCase("disarm", lambda q: DisARM(2), "unbiased", _is_bernoulli, rows_per_sample=2),
     EstimatorCase(
-        "gumbel_rao", lambda q: GumbelRao(0.5, num_rao=4, num_samples=2), "hard", _has_rao
+        "gumbel_rao", lambda q: GumbelRao(0.5, num_rao=4, num_samples=2), "hard", _is_factorized
     ),
     EstimatorCase("gumbel_crf", lambda q: GumbelCRF(0.5, num_samples=2), "relaxed", _is_chain),
     EstimatorCase(

@@ -266,8 +266,13 @@ def test_beam_samples_are_distinct_and_the_first_is_exact() -> None:
     assert (sample_test(one, z[0].unsqueeze(1)) > 1e-3).all()
 
 
-def test_unordered_set_is_exact_once_the_set_covers_the_support() -> None:
-    q = Categorical(torch.randn(2, 2, 2, dtype=torch.float64))  # 4 outcomes
+@pytest.mark.parametrize(
+    "q",
+    [Categorical(torch.randn(2, 2, 2, dtype=torch.float64)), Bernoulli(torch.randn(3, 2).double())],
+    ids=["categorical", "bernoulli"],
+)
+def test_unordered_set_is_exact_once_the_set_covers_the_support(q: Structure) -> None:
+    # 4 outcomes per batch element.
     cost = NonlinearCost(q)
     exact = check_estimator(UnorderedSetReinforce(4), q, cost, draws=50)
     torch.testing.assert_close(exact.mean, exact.exact.to(exact.mean), atol=1e-9, rtol=1e-7)

@@ -37,9 +37,10 @@ the estimator that `Estimate`'s single surrogate cannot express. The
 unordered-set estimator needs only log-probabilities, samples and f: it is
 one surrogate, like `Reinforce`.
 
-It is defined for `Categorical` (N independent K-way variables): stochastic
-beam search needs the joint to factorize over the variables, which no
-attribute of other structures says.
+It is defined for `Categorical` (N independent K-way variables) and
+`Bernoulli` (N independent bits, K = 2): stochastic beam search needs the
+joint to factorize over the variables, which no attribute of other
+structures says.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.estimators.base import CostFn, Estimate, Estimator
-from zoo.structures import Categorical, Structure, sequence_mask
+from zoo.structures import Bernoulli, Categorical, Structure, sequence_mask
 from zoo.structures.noise import gumbel_noise
 
 __all__ = ["UnorderedSetReinforce"]
@@ -63,7 +65,7 @@ class UnorderedSetReinforce(Estimator):
     """REINFORCE with k distinct samples and the unordered-set baseline (module docstring).
 
     ``cost_fn`` is called once on the k distinct samples, z of shape
-    ``(k, *batch, N, K)`` in decreasing order of their perturbed
+    ``(k, *batch, *event)`` in decreasing order of their perturbed
     log-probability (the first is an exact sample of q). The reported cost is
     the unbiased estimate Σ_s p(s) R(S, s) f(s) of E_q[f].
 
@@ -73,7 +75,7 @@ class UnorderedSetReinforce(Estimator):
 
     Raises:
         ValueError: num_samples < 2.
-        TypeError: at call time, a structure that is not `Categorical`.
+        TypeError: at call time, a structure that is neither `Categorical` nor `Bernoulli`.
 
     Example:
         >>> theta = torch.zeros(2, 3, 4, requires_grad=True)
@@ -91,10 +93,10 @@ class UnorderedSetReinforce(Estimator):
             )
 
     def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
-        if not isinstance(q, Categorical):
+        if not isinstance(q, (Categorical, Bernoulli)):
             raise TypeError(
                 f"UnorderedSetReinforce samples without replacement by stochastic beam search "
-                f"over independent categorical variables (Categorical), got {type(q).__name__}; "
+                f"over independent variables (Categorical, Bernoulli), got {type(q).__name__}; "
                 f"Reinforce with LeaveOneOutBaseline works on every structure"
             )
         k = self.num_samples
@@ -119,7 +121,7 @@ class UnorderedSetReinforce(Estimator):
 
 
 @torch.no_grad()
-def _beam_sample(q: Categorical, k: int) -> tuple[Tensor, Tensor]:
+def _beam_sample(q: Categorical | Bernoulli, k: int) -> tuple[Tensor, Tensor]:
     """k distinct joint samples by stochastic beam search (Kool et al. 2019).
 
     Every partial assignment y_{<n} carries a perturbed log-probability
@@ -128,14 +130,14 @@ def _beam_sample(q: Categorical, k: int) -> tuple[Tensor, Tensor]:
     top k complete assignments are then a sample without replacement.
 
     Returns:
-        ``(z, valid)``: one-hot samples ``(k, *batch, N, K)`` and ``(k, *batch)``
-        True where a row is a real, distinct sample.
+        ``(z, valid)``: samples ``(k, *batch, *event)`` (one-hot rows for
+        `Categorical`, bits for `Bernoulli`) and ``(k, *batch)`` True where a
+        row is a real, distinct sample.
     """
     theta = q.log_potentials.detach()
-    batch_shape, (num, size) = q.batch_shape, q.event_shape
-    flat = theta.reshape(-1, num, size)
-    batch = flat.shape[0]
-    log_p = torch.log_softmax(flat, -1)  # (B, N, K)
+    batch_shape, num = q.batch_shape, q.max_length
+    log_p = _variable_log_probs(q)  # (B, N, K)
+    batch, size = log_p.shape[0], log_p.shape[-1]
     if q.lengths is not None:
         # Padded variables have one outcome: class 0 with probability 1 (zeroed at the end).
         real = sequence_mask(q.lengths.reshape(-1), num).unsqueeze(-1)  # (B, N, 1)
@@ -164,11 +166,24 @@ def _beam_sample(q: Categorical, k: int) -> tuple[Tensor, Tensor]:
     valid = torch.isfinite(phi)  # (B, k): fewer than k outcomes exist
     # Missing rows repeat the first sample, so any cost is finite on them.
     paths = torch.where(valid.unsqueeze(-1), paths, paths[:, :1])
-    z = torch.nn.functional.one_hot(paths, size).to(theta.dtype)  # (B, k, N, K)
+    if isinstance(q, Bernoulli):
+        z = paths.to(theta.dtype)  # (B, k, N): the label is the bit
+    else:
+        z = torch.nn.functional.one_hot(paths, size).to(theta.dtype)  # (B, k, N, K)
     if q.lengths is not None:
-        z = z * sequence_mask(q.lengths.reshape(-1), num)[:, None, :, None]
-    z = z.transpose(0, 1).reshape(k, *batch_shape, num, size)
+        mask = sequence_mask(q.lengths.reshape(-1), num).unsqueeze(1)  # (B, 1, N)
+        z = z * (mask if isinstance(q, Bernoulli) else mask.unsqueeze(-1))
+    z = z.transpose(0, 1).reshape(k, *batch_shape, *q.event_shape)
     return z, valid.transpose(0, 1).reshape(k, *batch_shape)
+
+
+def _variable_log_probs(q: Categorical | Bernoulli) -> Tensor:
+    """Per-variable log-probabilities ``(B, N, K)`` of the flattened batch (K = 2 for bits)."""
+    theta = q.log_potentials.detach()
+    if isinstance(q, Bernoulli):
+        flat = theta.reshape(-1, q.max_length)
+        return torch.stack([F.logsigmoid(-flat), F.logsigmoid(flat)], dim=-1)
+    return torch.log_softmax(theta.reshape(-1, *q.event_shape), -1)
 
 
 def _truncated(raw: Tensor, top: Tensor) -> Tensor:
