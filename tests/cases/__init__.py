@@ -11,12 +11,14 @@ from tests.cases.base import StructureCase
 from tests.cases.chain import CASES as CHAIN_CASES
 from tests.cases.examples import CASES as EXAMPLE_CASES
 from tests.cases.factorized import CASES as FACTORIZED_CASES
+from tests.cases.semimarkov import CASES as SEMIMARKOV_CASES
 from tests.cases.trees import CASES as TREE_CASES
 
 STRUCTURE_CASES: list[StructureCase] = [
     *FACTORIZED_CASES,
     *CHAIN_CASES,
     *TREE_CASES,
+    *SEMIMARKOV_CASES,
     *EXAMPLE_CASES,
 ]
 

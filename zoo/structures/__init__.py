@@ -7,6 +7,7 @@ from zoo.structures.linear_chain import LinearChainCRF
 from zoo.structures.noise import gumbel_noise, logistic_noise
 from zoo.structures.nonprojective import NonProjectiveDependencyCRF
 from zoo.structures.projective import DependencyCRF
+from zoo.structures.torch_struct import SemiMarkovCRF, TorchStructAdapter
 from zoo.structures.tree import TreeCRF
 
 __all__ = [
@@ -16,7 +17,9 @@ __all__ = [
     "DependencyCRF",
     "LinearChainCRF",
     "NonProjectiveDependencyCRF",
+    "SemiMarkovCRF",
     "Structure",
+    "TorchStructAdapter",
     "TreeCRF",
     "gumbel_noise",
     "logistic_noise",
