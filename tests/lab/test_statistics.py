@@ -11,9 +11,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import Tensor, nn
 
 from tests.models.cases import MODELS, quiet_trainer
-from zoo.estimators import Exact, GumbelSoftmax, MovingAverageBaseline, Reinforce
+from zoo.estimators import (
+    Exact,
+    GumbelSoftmax,
+    MovingAverageBaseline,
+    Reinforce,
+    StraightThrough,
+)
 from zoo.lab import GradientStatistics, gradient_statistics, reference_gradient, summarize
-from zoo.structures import Categorical
+from zoo.structures import Categorical, LinearChainCRF
 
 THETA = (0.3, -0.2)
 COST = (3.0, 1.0)  # f(z = 0), f(z = 1)
@@ -167,3 +173,40 @@ def test_callback_leaves_the_training_run_untouched_and_logs(tmp_path) -> None:
     tags = set(events.Tags()["scalars"])
     assert {"grad/variance", "grad/snr", "grad/cosine", "grad/bias", "grad/seconds"} <= tags
     assert [e.step for e in events.Scalars("grad/variance")] == [0, 2, 4]
+
+
+class LinearChain(nn.Module):
+    """A chain posterior with lengths and a cost linear in its parts, ⟨w, z⟩: closed form by marginals."""
+
+    def __init__(self, estimator: nn.Module) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.theta = nn.Parameter(torch.randn(3, 3, 2, 2))  # (B, N-1, C, C): chains of 4
+        self.register_buffer("w", torch.randn(3, 2, 2))  # the same weights for every example
+        self.estimator = estimator
+
+    def posterior(self, batch: dict[str, Tensor]) -> LinearChainCRF:
+        return LinearChainCRF(self.theta, lengths=batch["lengths"])
+
+    def cost(self, z: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        return (z * self.w).sum((-3, -2, -1))  # (S, B)
+
+    def expected_cost(self, q: LinearChainCRF, batch: dict[str, Tensor]) -> Tensor:
+        return self.cost(q.marginals().unsqueeze(0), batch)[0]
+
+
+def test_closed_form_reference_on_a_chain_with_lengths() -> None:
+    model = LinearChain(StraightThrough())
+    batch = {"lengths": torch.tensor([4, 2, 3])}
+    q = model.posterior(batch)
+    closed = reference_gradient(model, batch, q)
+    assert closed.kind == "closed_form"
+    exact = reference_gradient(model, batch, q, "exact")
+    torch.testing.assert_close(closed.gradient, exact.gradient)
+    # Straight-through is exact for a linear cost; REINFORCE is unbiased but noisy.
+    stats = gradient_statistics(model, batch, num_probes=8)
+    assert stats["variance"] == pytest.approx(0.0, abs=1e-10)
+    assert stats["bias"] == pytest.approx(0.0, abs=1e-5)
+    torch.manual_seed(0)
+    noisy = gradient_statistics(LinearChain(Reinforce()), batch, num_probes=4000)
+    assert noisy["variance"] > 0.1 and noisy["bias"] < 3 * noisy["bias_floor"]
