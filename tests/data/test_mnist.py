@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from zoo.data import DataNotFoundError, MNISTDataModule, resolve_data_dir
+from zoo.data import hub as hub_module
 from zoo.data import mnist as mnist_module
 
 TRAIN_GZ = "mnist/train-images-idx3-ubyte.gz"
@@ -341,9 +342,9 @@ def unreachable_hub(monkeypatch):
         port = s.getsockname()[1]
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    mnist_module._cached_hub_mnist.cache_clear()
+    hub_module._cached_hub_mnist.cache_clear()
     yield
-    mnist_module._cached_hub_mnist.cache_clear()
+    hub_module._cached_hub_mnist.cache_clear()
 
 
 @pytest.mark.parametrize("binarization", ["dynamic", "threshold"])
@@ -365,11 +366,11 @@ def test_missing_data_fails_fast_with_expected_paths(tmp_path, unreachable_hub, 
 
 def test_missing_data_without_mocks_when_offline(tmp_path, monkeypatch):
     """The real code path, on a machine where the hub really is unreachable."""
-    if mnist_module._hub_offline():
+    if hub_module._hub_offline():
         pytest.skip("HF_HUB_OFFLINE is set: datasets would answer from its cache")
-    if mnist_module.probe_hub() is None:
+    if hub_module.probe_hub() is None:
         pytest.skip("the Hugging Face hub is reachable here")
-    mnist_module._cached_hub_mnist.cache_clear()
+    hub_module._cached_hub_mnist.cache_clear()
     start = time.monotonic()
     with pytest.raises(DataNotFoundError, match="t10k-images-idx3-ubyte.gz"):
         MNISTDataModule(data_dir=str(tmp_path)).prepare_data()
@@ -380,8 +381,8 @@ def test_missing_fixed_names_npz_and_does_not_touch_hub(tmp_path, monkeypatch):
     def no_hub(*args, **kwargs):
         raise AssertionError("the hub must not be tried for the fixed binarization")
 
-    monkeypatch.setattr(mnist_module, "probe_hub", no_hub)
-    monkeypatch.setattr(mnist_module, "_load_hub_dataset", no_hub)
+    monkeypatch.setattr(hub_module, "probe_hub", no_hub)
+    monkeypatch.setattr(hub_module, "_load_hub_dataset", no_hub)
     monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path))
     with pytest.raises(DataNotFoundError) as info:
         MNISTDataModule(binarization="fixed").setup()
@@ -395,8 +396,8 @@ def test_source_local_does_not_touch_hub(tmp_path, monkeypatch):
     def no_hub(*args, **kwargs):
         raise AssertionError("source='local' must not try the hub")
 
-    monkeypatch.setattr(mnist_module, "probe_hub", no_hub)
-    monkeypatch.setattr(mnist_module, "_load_hub_dataset", no_hub)
+    monkeypatch.setattr(hub_module, "probe_hub", no_hub)
+    monkeypatch.setattr(hub_module, "_load_hub_dataset", no_hub)
     # only one of the two files: the other is reported missing
     (tmp_path / "mnist").mkdir()
     (tmp_path / TRAIN_GZ).write_bytes(b"")
@@ -415,7 +416,7 @@ def test_probe_bounded_when_server_never_answers(monkeypatch):
         port = server.getsockname()[1]
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
         start = time.monotonic()
-        reason = mnist_module.probe_hub(timeout=0.5)
+        reason = hub_module.probe_hub(timeout=0.5)
         elapsed = time.monotonic() - start
     assert reason is not None
     assert elapsed < 3, f"took {elapsed:.1f} s"
@@ -429,10 +430,10 @@ def test_probe_bounded_when_request_hangs(monkeypatch):
         release.wait(60)
         raise OSError("released")
 
-    monkeypatch.setattr(mnist_module.urllib.request, "urlopen", hang)
+    monkeypatch.setattr(hub_module.urllib.request, "urlopen", hang)
     try:
         start = time.monotonic()
-        reason = mnist_module.probe_hub(timeout=0.3)
+        reason = hub_module.probe_hub(timeout=0.3)
         elapsed = time.monotonic() - start
     finally:
         release.set()
@@ -471,12 +472,12 @@ def fake_hub(monkeypatch):
         calls.append(name)
         return fake
 
-    monkeypatch.setattr(mnist_module, "_load_hub_dataset", load)
-    monkeypatch.setattr(mnist_module, "probe_hub", lambda timeout=None: None)
-    monkeypatch.setattr(mnist_module, "_hub_offline", lambda: False)
-    mnist_module._cached_hub_mnist.cache_clear()
+    monkeypatch.setattr(hub_module, "_load_hub_dataset", load)
+    monkeypatch.setattr(hub_module, "probe_hub", lambda timeout=None: None)
+    monkeypatch.setattr(hub_module, "_hub_offline", lambda: False)
+    hub_module._cached_hub_mnist.cache_clear()
     yield images, calls
-    mnist_module._cached_hub_mnist.cache_clear()
+    hub_module._cached_hub_mnist.cache_clear()
 
 
 def test_hub_fallback_converts_images(tmp_path, fake_hub):

@@ -1,32 +1,15 @@
 """Binarized MNIST: dynamic, thresholded, or the fixed Larochelle & Murray set.
 
-Files are read from the dataset root first (see ``resolve_data_dir``)::
-
-    <data_dir>/mnist/train-images-idx3-ubyte.gz      (IDX, gzip; 60,000 images)
-    <data_dir>/mnist/t10k-images-idx3-ubyte.gz       (IDX, gzip; 10,000 images)
-    <data_dir>/binarized_mnist/binarized_mnist.npz   (keys train/valid/test, N x 784 uint8 0/1)
-
-When the MNIST files are missing, the grayscale images come from the Hugging
-Face hub (``datasets.load_dataset("ylecun/mnist")``). Before that, a short probe
-of the hub endpoint (``HUB_PROBE_TIMEOUT`` seconds, in a daemon thread so not
-even a hanging DNS lookup can stall it) decides whether the hub is reachable at
-all; with no network the datamodule fails within a few seconds, with a
-``DataNotFoundError`` that lists the files it expected. With ``HF_HUB_OFFLINE=1``
-the probe is skipped and ``datasets`` answers from its local cache only.
-The fixed binarization is read from the local ``.npz`` only: no copy on the hub
-is known to match Larochelle's files.
+The datamodule reads the dataset root first (`zoo.data.mnist_files` has the
+file formats and names), and for the grayscale images falls back on the
+Hugging Face hub (`zoo.data.hub`, which fails within seconds without a
+network); the fixed binarization is read from the local ``.npz`` only: no
+copy on the hub is known to match Larochelle's files. Missing data raises a
+``DataNotFoundError`` that lists the files it expected.
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
-import os
-import struct
-import threading
-import urllib.error
-import urllib.request
-import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -42,275 +25,49 @@ from zoo.data.base import (
     describe_data_dir,
     resolve_data_dir,
 )
+from zoo.data.hub import HUB_MNIST, HUB_PROBE_TIMEOUT, load_hub_mnist, probe_hub
+from zoo.data.mnist_files import (
+    BINARIZED_MNIST_FILE,
+    BINARIZED_MNIST_KEYS,
+    IMAGE_SIDE,
+    MNIST_IMAGE_FILES,
+    NUM_PIXELS,
+    _cached_binarized_mnist,
+    _cached_mnist_images,
+    _file_key,
+    _tensor,
+    read_binarized_mnist,
+    read_idx,
+    read_mnist_images,
+)
+
+__all__ = [
+    "BINARIZED_MNIST_FILE",
+    "BINARIZED_MNIST_KEYS",
+    "HUB_MNIST",
+    "HUB_PROBE_TIMEOUT",
+    "IMAGE_SIDE",
+    "MNIST_IMAGE_FILES",
+    "NUM_PIXELS",
+    "DataNotFoundError",
+    "MNISTDataModule",
+    "binarize_bernoulli",
+    "binarize_threshold",
+    "load_hub_mnist",
+    "probe_hub",
+    "read_binarized_mnist",
+    "read_idx",
+    "read_mnist_images",
+]
 
 Binarization = Literal["dynamic", "fixed", "threshold"]
 Source = Literal["auto", "local", "hub"]
 BINARIZATIONS: tuple[str, ...] = ("dynamic", "fixed", "threshold")
 SOURCES: tuple[str, ...] = ("auto", "local", "hub")
 
-MNIST_IMAGE_FILES: dict[str, str] = {
-    "train": "mnist/train-images-idx3-ubyte.gz",
-    "test": "mnist/t10k-images-idx3-ubyte.gz",
-}
-"""Grayscale MNIST image files, relative to the dataset root."""
-
-BINARIZED_MNIST_FILE = "binarized_mnist/binarized_mnist.npz"
-"""The fixed binarization, relative to the dataset root."""
-
-BINARIZED_MNIST_KEYS: tuple[str, ...] = ("train", "valid", "test")
-
-HUB_MNIST = "ylecun/mnist"
-"""The Hugging Face hub dataset used when the local MNIST files are missing."""
-
-HUB_PROBE_TIMEOUT = 3.0
-"""Seconds the hub connectivity probe may take before the hub counts as unreachable."""
-
-IMAGE_SIDE = 28
-NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
-IDX_IMAGES_MAGIC = 2051
-IDX_LABELS_MAGIC = 2049
-
 
 class DataNotFoundError(FileNotFoundError):
     """The data set is neither under the dataset root nor reachable on the hub."""
-
-
-# ----------------------------------------------------------------------------- file readers
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a gzip-compressed IDX file of unsigned bytes (MNIST images or labels).
-
-    Args:
-        path: The ``.gz`` file.
-
-    Returns:
-        A uint8 array shaped as its header says: ``(N, rows, cols)`` for images
-        (magic 2051), ``(N,)`` for labels (magic 2049).
-
-    Raises:
-        ValueError: The file is not valid gzip, the magic number is not 2051/2049,
-            or the payload length does not match the header (a truncated file);
-            the message names the file.
-    """
-    path = Path(path)
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(
-            f"{path}: not a readable gzip-compressed IDX file ({type(e).__name__}: {e}); "
-            f"the file is truncated or corrupt, replace it"
-        ) from e
-    if len(raw) < 8:
-        raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX header (expected >= 8)")
-    (magic,) = struct.unpack(">i", raw[:4])
-    if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
-        raise ValueError(
-            f"{path}: IDX magic number {magic}, expected {IDX_IMAGES_MAGIC} (images) "
-            f"or {IDX_LABELS_MAGIC} (labels) of unsigned bytes"
-        )
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX header of {header} bytes")
-    dims = struct.unpack(f">{ndim}i", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
-    payload = len(raw) - header
-    if payload != expected:
-        raise ValueError(
-            f"{path}: IDX header says shape {tuple(dims)} = {expected} bytes of data, "
-            f"but the file holds {payload}; the file is truncated or corrupt"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def read_mnist_images(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an MNIST IDX image file into an ``(N, 784)`` uint8 array (0..255).
-
-    Raises:
-        ValueError: Anything ``read_idx`` rejects, a label file (magic 2049), or
-            images that are not 28x28; the message names the file.
-    """
-    array = read_idx(path)
-    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE) or array.shape[0] < 1:
-        raise ValueError(
-            f"{path}: expected MNIST images, an IDX file with magic {IDX_IMAGES_MAGIC} and "
-            f"shape (N >= 1, {IMAGE_SIDE}, {IMAGE_SIDE}), got shape {array.shape}"
-        )
-    return array.reshape(array.shape[0], NUM_PIXELS)
-
-
-def read_binarized_mnist(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read the fixed binarized MNIST ``.npz`` (keys train/valid/test).
-
-    Returns:
-        ``{"train": ..., "valid": ..., "test": ...}``, each an ``(N, 784)`` uint8
-        array of 0/1.
-
-    Raises:
-        ValueError: Unreadable archive, a key missing, an array that is not
-            ``N x 784``, or values other than 0/1; the message names the file.
-    """
-    path = Path(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as e:  # OSError, EOFError, zipfile.BadZipFile, ValueError, ...
-        raise ValueError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(
-            f"{path}: expected a .npz archive with keys {list(BINARIZED_MNIST_KEYS)}, "
-            f"got a single array of shape {getattr(archive, 'shape', None)}"
-        )
-    with archive:
-        missing = [k for k in BINARIZED_MNIST_KEYS if k not in archive.files]
-        if missing:
-            raise ValueError(
-                f"{path}: missing key(s) {missing}; expected keys {list(BINARIZED_MNIST_KEYS)}, "
-                f"found {archive.files}"
-            )
-        try:
-            arrays = {k: archive[k] for k in BINARIZED_MNIST_KEYS}
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read an array ({type(e).__name__}: {e})") from e
-    out = {}
-    for key, array in arrays.items():
-        if array.ndim != 2 or array.shape[1] != NUM_PIXELS or array.shape[0] < 1:
-            raise ValueError(
-                f"{path}: array {key!r} has shape {array.shape}, expected (N >= 1, {NUM_PIXELS})"
-            )
-        if array.dtype == np.uint8 or array.dtype == np.bool_:
-            binary = array.max() <= 1
-        elif np.issubdtype(array.dtype, np.number):
-            binary = bool(((array == 0) | (array == 1)).all())
-        else:
-            binary = False
-        if not binary:
-            raise ValueError(
-                f"{path}: array {key!r} (dtype {array.dtype}) holds values other than 0 and 1"
-            )
-        out[key] = array.astype(np.uint8, copy=False)
-    return out
-
-
-def _file_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_mnist_images(key: tuple[str, int, int]) -> np.ndarray:
-    return _read_only(read_mnist_images(key[0]))
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_binarized_mnist(key: tuple[str, int, int]) -> dict[str, np.ndarray]:
-    return {k: _read_only(v) for k, v in read_binarized_mnist(key[0]).items()}
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    """Cached arrays are shared by every datamodule in the process: freeze them."""
-    array.flags.writeable = False
-    return array
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor that owns a copy of a (read-only, cached) array."""
-    return torch.from_numpy(np.array(array, copy=True))
-
-
-# ----------------------------------------------------------------------------- the hub
-
-
-def _hub_offline() -> bool:
-    """Whether ``datasets`` runs in offline mode (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``)."""
-    import datasets.config
-
-    return bool(datasets.config.HF_HUB_OFFLINE)
-
-
-def _hub_endpoint() -> str:
-    import huggingface_hub.constants
-
-    return str(huggingface_hub.constants.ENDPOINT).rstrip("/")
-
-
-def probe_hub(timeout: float | None = None) -> str | None:
-    """Check quickly whether the Hugging Face hub answers.
-
-    The request runs in a daemon thread that is abandoned after ``timeout + 1``
-    seconds, so DNS lookups (which ignore socket timeouts) cannot stall it either.
-    Proxy environment variables are honoured.
-
-    Args:
-        timeout: Seconds to wait; ``None`` means ``HUB_PROBE_TIMEOUT``.
-
-    Returns:
-        ``None`` when the hub answered, else a short reason why not.
-    """
-    timeout = HUB_PROBE_TIMEOUT if timeout is None else timeout
-    url = f"{_hub_endpoint()}/api/datasets/{HUB_MNIST}"
-    result: list[str | None] = []
-
-    def attempt() -> None:
-        try:
-            request = urllib.request.Request(url, method="HEAD")
-            with urllib.request.urlopen(request, timeout=timeout):
-                pass
-            result.append(None)
-        except urllib.error.HTTPError as e:  # the server answered
-            result.append(None if e.code < 500 else f"{url} answered HTTP {e.code}")
-        except Exception as e:
-            result.append(f"{url} is unreachable ({type(e).__name__}: {e})")
-
-    thread = threading.Thread(target=attempt, name="zoo-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    if not result:
-        return f"{url} did not answer within {timeout:g} s"
-    return result[0]
-
-
-def _load_hub_dataset(name: str):
-    """``datasets.load_dataset(name)``; a separate function so tests can replace it."""
-    import datasets
-
-    return datasets.load_dataset(name)
-
-
-def _hub_split_images(dataset, split: str) -> np.ndarray:
-    """The images of one split of the hub dataset as an ``(N, 784)`` uint8 array."""
-    images = np.asarray(dataset.with_format("numpy")[:]["image"])
-    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-        raise ValueError(
-            f"hub dataset {HUB_MNIST!r} split {split!r}: expected uint8 images of shape "
-            f"(N, {IMAGE_SIDE}, {IMAGE_SIDE}), got {images.dtype} {images.shape}"
-        )
-    return np.ascontiguousarray(images.reshape(images.shape[0], NUM_PIXELS))
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_hub_mnist() -> dict[str, np.ndarray]:
-    dataset = _load_hub_dataset(HUB_MNIST)
-    return {
-        split: _read_only(_hub_split_images(dataset[split], split)) for split in ("train", "test")
-    }
-
-
-def load_hub_mnist() -> dict[str, np.ndarray]:
-    """Grayscale MNIST from the hub: ``{"train": (60000, 784), "test": (10000, 784)}`` uint8.
-
-    Fails within about ``HUB_PROBE_TIMEOUT`` seconds when the hub is unreachable
-    (``ConnectionError``); in offline mode ``datasets`` reads its cache only.
-    """
-    if _cached_hub_mnist.cache_info().currsize == 0 and not _hub_offline():
-        reason = probe_hub()
-        if reason is not None:
-            raise ConnectionError(reason)
-    return _cached_hub_mnist()
-
-
-# ----------------------------------------------------------------------------- the datamodule
 
 
 class MNISTDataModule(ZooDataModule):
