@@ -29,3 +29,24 @@ def test_import_direction(package: str) -> None:
         for name in _imports(path):
             bad = [f for f in FORBIDDEN[package] if name == f or name.startswith(f + ".")]
             assert not bad, f"{path.relative_to(ROOT.parent)} imports {name}"
+
+
+# Lightning's private names that the base classes and the CLI once used (issue 11 §5).
+LIGHTNING_PRIVATE = (
+    "._trainer",
+    "._hparams_initial",
+    "_get_file_writer",
+    "_current_fx_name",
+    "self._get(",
+    "self._parser(",
+    "__signature__",
+)
+
+
+@pytest.mark.parametrize(
+    "relative", ["models/base.py", "models/vae.py", "models/sbn.py", "cli.py", "callbacks.py"]
+)
+def test_no_lightning_private_names(relative: str) -> None:
+    text = (ROOT / relative).read_text()
+    used = [name for name in LIGHTNING_PRIVATE if name in text]
+    assert not used, f"zoo/{relative} uses {used}"
