@@ -42,16 +42,34 @@ avoids by solving small matrices on one thread and torch-struct does not;
 ``OMP_WAIT_POLICY= python bench/structures.py`` (an empty value: libgomp's
 default) measures the default policy.
 
+Columns beyond torch-struct, all timed in the same interleaved round:
+
+* ``before``: the zoo of another revision (``--before REV``, default
+  ``7705a4b``, the base of the chart refactor), extracted with ``git archive``
+  into a temporary directory and imported in this process under its own
+  module names; ``after/before`` > 1 means the current code is faster.
+* ``SuPar`` (``supar.structs``: LinearChainCRF, DependencyCRF, MatrixTree,
+  ConstituencyCRF) and ``pytorch-crf`` (``torchcrf.CRF``: chain log-likelihood
+  and Viterbi only), each on its own layout of the same sizes; a column is
+  skipped cleanly when its package is missing (``pip install -e .[bench]``).
+  ``best peer / zoo`` divides the fastest peer's time by the zoo's.
+
 Run: python bench/structures.py [--quick] [--only chain|trees] [--repeats 5] [--verbose]
+     [--before REV | --no-before] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import math
 import os
+import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -102,6 +120,48 @@ def _zoo(name: str) -> tuple[Any, str]:
         return None, f"{type(error).__name__}: {error}"
 
 
+ROOT = Path(__file__).resolve().parent.parent
+BASE_REVISION = "7705a4b"
+
+
+def _optional(name: str) -> Any:
+    """An optional peer package, or None when it is not installed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _before(revision: str) -> Any:
+    """``zoo.structures`` of another revision, imported beside the current one.
+
+    The revision's ``zoo/`` is extracted by ``git archive`` into a temporary
+    directory (nothing in the working tree or the repository changes), the
+    current ``zoo`` modules are set aside while it is imported, and then put
+    back: the old classes keep their own module globals.
+    """
+    archive = subprocess.run(
+        ["git", "archive", revision, "zoo"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    folder = tempfile.mkdtemp(prefix="zoo-before-")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    current = {k: m for k, m in sys.modules.items() if k == "zoo" or k.startswith("zoo.")}
+    for name in current:
+        del sys.modules[name]
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module("zoo.structures")
+    finally:
+        sys.path.remove(folder)
+        for name in [k for k in sys.modules if k == "zoo" or k.startswith("zoo.")]:
+            del sys.modules[name]
+        sys.modules.update(current)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _quiet(make: Callable[[], Any]) -> Any:
     # torch-struct's distributions warn about missing arg_constraints on every construction.
     with warnings.catch_warnings():
@@ -136,13 +196,43 @@ def _ops_zoo(make: Callable[[torch.Tensor], Any], theta: torch.Tensor) -> dict:
     }
 
 
+def _ops_supar(make: Callable[[], Any], leaf: torch.Tensor) -> dict:
+    """SuPar's struct built from ``make()`` (its own layout of the scores ``leaf``)."""
+
+    def log_z_grad() -> None:
+        leaf.grad = None
+        make().log_partition.sum().backward()
+
+    return {
+        "logZ+grad": log_z_grad,
+        "marginals": lambda: make().marginals,
+        "argmax": lambda: make().argmax,
+    }
+
+
+def _ops_pytorch_crf(b: int, n: int, c: int) -> dict:
+    """pytorch-crf's CRF: emissions (B, N, C) and one C×C transition matrix."""
+    torchcrf = _optional("torchcrf")
+    crf = torchcrf.CRF(c, batch_first=True)
+    emissions = _potentials((b, n, c))
+    tags = torch.zeros(b, n, dtype=torch.long)
+
+    def log_z_grad() -> None:
+        emissions.grad = None
+        crf(emissions, tags).backward()  # -log-likelihood: log Z minus one path's score
+
+    return {"logZ+grad": log_z_grad, "argmax": lambda: crf.decode(emissions)}
+
+
 def _potentials(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g).requires_grad_(True)
 
 
 # ------------------------------------------------------------------- tables
-Row = tuple[str, str, str, Timing, Timing]  # structure, size, op, torch-struct, zoo
+Row = tuple[str, str, str, dict[str, Timing]]  # structure, size, op, candidate → timing
+PEERS = ("ts", "supar", "pytorch_crf")
+COLUMNS = {"ts": "torch-struct", "supar": "SuPar", "pytorch_crf": "pytorch-crf"}
 
 
 def _ratio(ts: Timing, zoo: Timing) -> float:
@@ -151,14 +241,29 @@ def _ratio(ts: Timing, zoo: Timing) -> float:
     return math.nan
 
 
+def _text(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}x"
+
+
 def _print_rows(rows: list[Row]) -> None:
-    header = ("structure", "size", "op", "torch-struct ms", "zoo ms", "ratio", "others' load")
+    header = (
+        "structure", "size", "op", "torch-struct ms", "SuPar ms", "pytorch-crf ms",
+        "before ms", "zoo ms", "ts / zoo", "best peer / zoo", "before / zoo", "others' load",
+    )  # fmt: skip
     cells = []
-    for s, size, op, ts, zoo in rows:
-        ratio = f"{_ratio(ts, zoo):.1f}x" if ts.ok and zoo.ok else "-"
-        loads = [t.load for t in (ts, zoo) if t.ok]
+    for s, size, op, t in rows:
+        zoo = t["zoo"]
+        peers = [t[p].median for p in PEERS if p in t and t[p].ok]
+        best = _ratio(Timing(), zoo) if not peers or not zoo.ok else min(peers) / zoo.median
+        before = _ratio(t["before"], zoo) if "before" in t else math.nan
+        loads = [x.load for x in t.values() if x.ok]
         load = f"{max(loads):.1f} cores" if loads else "-"
-        cells.append((s, size, op, str(ts), str(zoo), ratio, load))
+        cells.append(
+            (
+                s, size, op, *(str(t[k]) if k in t else "-" for k in ("ts", "supar", "pytorch_crf", "before")),
+                str(zoo), _text(_ratio(t["ts"], zoo)), _text(best), _text(before), load,
+            )
+        )  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
     line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     print(line)
@@ -168,20 +273,25 @@ def _print_rows(rows: list[Row]) -> None:
 
 
 def _run_row(
-    name: str, size: str, ts_ops: dict, zoo_ops: dict, skips: dict[str, str], args: Any
+    name: str,
+    size: str,
+    ops: dict[str, dict],
+    skips: dict[str, str],
+    args: Any,
 ) -> list[Row]:
+    """Time one structure and size: ``ops`` maps a candidate ("ts", "supar",
+    "pytorch_crf", "before", "zoo") to its operations."""
     rows = []
     for op in OPS:
-        candidates = {
-            "ts": None if op in skips else ts_ops.get(op),
-            "zoo": zoo_ops.get(op),
-        }
+        candidates = {key: ops[key].get(op) for key in ops}
+        if op in skips:
+            candidates["ts"] = None
         timings = measure(
             candidates, repeats=args.repeats, min_time=args.min_time, budget=args.budget
         )
         if op in skips:
             timings["ts"].note = skips[op]
-        rows.append((name, size, op, timings["ts"], timings["zoo"]))
+        rows.append((name, size, op, timings))
         if args.verbose:
             _print_rows([rows[-1]])
     return rows
@@ -193,16 +303,23 @@ def chain_rows(args: Any) -> list[Row]:
     if chain is None:
         print(f"chain: skipped (zoo.structures.LinearChainCRF not importable: {reason})")
         return []
+    supar = _optional("supar.structs")
     rows = []
     for size in QUICK_CHAIN if args.quick else CHAIN_SIZES:
         b, n, c = size
         theta = _potentials((b, n - 1, c, c))
-        ts_ops = _ops_torch_struct(ts.LinearChainCRF, theta)
-        zoo_ops = _ops_zoo(chain, theta)
+        ops = {"ts": _ops_torch_struct(ts.LinearChainCRF, theta), "zoo": _ops_zoo(chain, theta)}
+        if supar is not None:
+            scores, trans = _potentials((b, n, c)), _potentials((c + 1, c + 1), seed=1)
+            ops["supar"] = _ops_supar(lambda s=scores, t=trans: supar.LinearChainCRF(s, t), scores)
+        if _optional("torchcrf") is not None:
+            ops["pytorch_crf"] = _ops_pytorch_crf(b, n, c)
+        if args.before_structures is not None:
+            ops["before"] = _ops_zoo(args.before_structures.LinearChainCRF, theta)
         skips = {}
         if size in TS_CHAIN_SAMPLE_SKIP:
             skips["sample(10)"] = TS_CHAIN_SAMPLE_SKIP[size]
-        rows += _run_row("chain", str(size), ts_ops, zoo_ops, skips, args)
+        rows += _run_row("chain", str(size), ops, skips, args)
     return rows
 
 
@@ -215,6 +332,13 @@ def tree_rows(args: Any) -> list[Row]:
          {"argmax": "n/a", "sample(10)": "n/a"}),
         ("TreeCRF", lambda b, n: (b, n, n, 1), {}, {}),
     ]  # fmt: skip
+    supar = _optional("supar.structs")
+    # SuPar's counterpart: scores (B, N+1, N+1) over fenceposts or with ROOT as node 0.
+    peers = {
+        "DependencyCRF": lambda s: supar.DependencyCRF(s, multiroot=True),
+        "NonProjectiveDependencyCRF": lambda s: supar.MatrixTree(s, multiroot=False),
+        "TreeCRF": lambda s: supar.ConstituencyCRF(s),
+    }
     rows = []
     for name, shape, kwargs, skips in kinds:
         zoo_class, reason = _zoo(name)
@@ -224,9 +348,17 @@ def tree_rows(args: Any) -> list[Row]:
         ts_class = getattr(ts, name)
         for b, n in QUICK_TREE if args.quick else TREE_SIZES:
             theta = _potentials(shape(b, n))
-            ts_ops = _ops_torch_struct(lambda t, k=ts_class, kw=kwargs: k(t, **kw), theta)
-            zoo_ops = _ops_zoo(lambda t, k=zoo_class, kw=kwargs: k(t, **kw), theta)
-            rows += _run_row(name, f"({b}, {n})", ts_ops, zoo_ops, skips, args)
+            ops = {
+                "ts": _ops_torch_struct(lambda t, k=ts_class, kw=kwargs: k(t, **kw), theta),
+                "zoo": _ops_zoo(lambda t, k=zoo_class, kw=kwargs: k(t, **kw), theta),
+            }
+            if supar is not None:
+                scores = _potentials((b, n + 1, n + 1))
+                ops["supar"] = _ops_supar(lambda s=scores, k=peers[name]: k(s), scores)
+            if args.before_structures is not None:
+                old = getattr(args.before_structures, name)
+                ops["before"] = _ops_zoo(lambda t, k=old, kw=kwargs: k(t, **kw), theta)
+            rows += _run_row(name, f"({b}, {n})", ops, skips, args)
     return rows
 
 
@@ -295,9 +427,9 @@ def memory_rows(args: Any) -> tuple[list[tuple[str, str]], int]:
 # ------------------------------------------------------------------- targets
 def chain_targets(rows: list[Row], zoo_bytes: int | None) -> list[tuple[str, str]]:
     def ratio(size: tuple, op: str) -> float:
-        for s, sz, o, ts, zoo in rows:
+        for s, sz, o, t in rows:
             if s == "chain" and sz == str(size) and o == op:
-                return _ratio(ts, zoo)
+                return _ratio(t["ts"], t["zoo"])
         return math.nan
 
     def verdict(value: float, goal: float) -> str:
@@ -332,6 +464,11 @@ def main() -> None:
     )
     parser.add_argument("--verbose", action="store_true", help="print rows as they finish")
     parser.add_argument(
+        "--before", default=BASE_REVISION, help="git revision for the before column"
+    )
+    parser.add_argument("--no-before", action="store_true", help="no before column")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
         "--ts-memory-cap",
         type=float,
         default=8.0,
@@ -340,10 +477,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.min_time, args.budget = min(args.repeats, 3), 0.02, 1.0
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    args.before_structures = None if args.no_before else _before(args.before)
     ts_version = getattr(_torch_struct(), "__version__", "0.5")
     print(
-        f"torch {torch.__version__}, torch-struct {ts_version}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, torch-struct {ts_version}, "
+        f"before = {'none' if args.no_before else args.before}, "
+        f"{torch.get_num_threads()} threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
         f"float32, times in ms: median* [min–max] (* = fewer than 3 quiet samples, all used); "
         f"others' load: median cores used by other processes while timing (≤ 0.3 is quiet)"
