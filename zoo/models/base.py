@@ -32,8 +32,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from zoo.config import Configurable, as_estimator
 from zoo.estimators import Estimate, Estimator
-from zoo.estimators.config import Configurable, as_estimator
 from zoo.structures import Structure
 
 __all__ = ["Batch", "LatentVariableModel"]
@@ -67,7 +67,7 @@ class LatentVariableModel(L.LightningModule):
 
     Checkpoints keep the estimator among the hyperparameters as its config
     (``{"class_path": ..., "init_args": {...}}``, what LightningCLI writes; see
-    `zoo.estimators.config`), whether the model was built by ``train.py`` or in
+    `zoo.config`), whether the model was built by ``train.py`` or in
     Python, so ``CategoricalVAE.load_from_checkpoint(path)`` rebuilds the model,
     estimator included, with its buffers from the state dict, under
     ``torch.load``'s safe default ``weights_only=True``. An estimator whose

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
-from zoo.estimators.config import Configurable, from_config
+from zoo.config import Configurable, from_config
 from zoo.structures import Bernoulli, Categorical, LinearChainCRF, Structure
 
 __all__ = ["BernoulliLatent", "CategoricalLatent", "ChainLatent", "Latent", "as_latent"]

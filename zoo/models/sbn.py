@@ -50,8 +50,8 @@ import copy
 import torch
 from torch import Tensor
 
+from zoo.config import as_estimator
 from zoo.estimators import Estimator
-from zoo.estimators.config import as_estimator
 from zoo.models.base import Batch, LatentVariableModel
 from zoo.models.components import MLP, bernoulli_nll
 from zoo.models.latent import BernoulliLatent, CategoricalLatent, Latent, as_latent
