@@ -12,6 +12,7 @@ from tests.models.cases import quiet_trainer
 from zoo.data.hmm import SyntheticHMMDataModule
 from zoo.estimators import (
     Exact,
+    GumbelCRF,
     GumbelSoftmax,
     LeaveOneOutBaseline,
     MovingAverageBaseline,
@@ -151,7 +152,9 @@ UNBIASED = {
 }
 BIASED_LINEAR = {
     "gumbel": lambda: GumbelSoftmax(temperature=0.5),
-    "st-gumbel-crf": lambda: STGumbelSoftmax(temperature=0.5),
+    "gumbel-crf": lambda: GumbelCRF(temperature=0.5),
+    "st-gumbel-crf": lambda: GumbelCRF(temperature=0.5, straight_through=True),
+    "st-gumbel": lambda: STGumbelSoftmax(temperature=0.5),  # the same estimator on a chain
     "perturb-and-map": lambda: PerturbAndMAP(temperature=0.5),
 }
 

@@ -467,7 +467,12 @@ class ChainTagger(LatentVariableModel):
             self.scores[stage][gold].update(predicted, batch[gold])
             if stage == "val":
                 self.confusion[gold].update(predicted, batch[gold])
-            self.log_dict(self.scores[stage][gold], on_step=False, on_epoch=True)
+            self.log_dict(
+                self.scores[stage][gold],
+                on_step=False,
+                on_epoch=True,
+                batch_size=predicted.shape[0],
+            )
         if stage == "val" and self._is_logged_batch() and "words" in batch:
             self._logged_text = self._tag_text(batch, predicted)
 
