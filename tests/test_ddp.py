@@ -3,19 +3,21 @@
 Each test launches this file as a script on two ranks (``torchrun
 --nproc_per_node=2``, or Lightning's own launcher through ``train.py``); each
 rank trains with ``strategy="ddp"`` and saves its parameters, buffers, logged
-metrics and first batch under a temporary folder, which the test compares:
+metrics and batches under a temporary folder, which the test compares:
 
 * the ranks' parameters and estimator buffers (the moving-average baseline,
   updated from the all-reduced mean cost; the temperature, set from the global
   step) are identical after training;
-* the ranks trained on different images (Lightning's `DistributedSampler`
-  shards the zoo's datamodules);
+* the ranks trained on different images and, over one epoch, on all of them
+  together (Lightning's `DistributedSampler` shards the zoo's datamodules);
 * the logged accuracy (a torchmetrics metric) equals the single-process
-  accuracy of the same weights on the same validation set, and the logged
-  −ELBO of a deterministic model (`Exact` over a small latent) equals the
-  single-process value;
+  accuracy of the same weights on the same validation set;
 * TensorBoard events (pictures, hparams) and checkpoints are written once, by
   rank 0.
+
+Two known gaps are strict xfails (see ``docs/distributed.md``): the −ELBO that
+`LatentVariableModel` logs is rank-local (no ``sync_dist``), and every rank
+draws the same random numbers.
 
 Run by hand: ``torchrun --standalone --nproc_per_node=2 tests/test_ddp.py OUT DATA [scenario ...]``.
 """
