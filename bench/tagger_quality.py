@@ -210,7 +210,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument(
+        "--settings",
+        nargs="*",
+        default=list(SETTINGS),
+        choices=list(SETTINGS),
+        help="none: only the variance plot (with --variance)",
+    )
     parser.add_argument("--clusters", nargs="+", type=int, default=[45, 17])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds per run")
@@ -244,10 +250,11 @@ def main() -> None:
             for setting in order:
                 rows.append(run(setting, clusters, seed, data, args))
                 print(json.dumps(rows[-1]), flush=True)
-    print()
-    print(table(rows))
-    print(f"\n{ANCHORS}; target: M-1 ≥ 80 against XPOS with 45 clusters.")
-    (args.out / "tagger_quality.json").write_text(json.dumps(rows, indent=1))
+    if rows:
+        print()
+        print(table(rows))
+        print(f"\n{ANCHORS}; target: M-1 ≥ 80 against XPOS with 45 clusters.")
+        (args.out / "tagger_quality.json").write_text(json.dumps(rows, indent=1))
     if args.variance:
         points = variance_experiment(data, args, args.out)
         print(
