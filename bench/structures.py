@@ -216,12 +216,13 @@ def _ops_pytorch_crf(b: int, n: int, c: int) -> dict:
     crf = torchcrf.CRF(c, batch_first=True)
     emissions = _potentials((b, n, c))
     tags = torch.zeros(b, n, dtype=torch.long)
+    mask = torch.ones(b, n, dtype=torch.bool)  # its default mask is uint8, which torch deprecates
 
     def log_z_grad() -> None:
         emissions.grad = None
-        crf(emissions, tags).backward()  # -log-likelihood: log Z minus one path's score
+        crf(emissions, tags, mask).backward()  # log-likelihood: one path's score minus log Z
 
-    return {"logZ+grad": log_z_grad, "argmax": lambda: crf.decode(emissions)}
+    return {"logZ+grad": log_z_grad, "argmax": lambda: crf.decode(emissions, mask)}
 
 
 def _potentials(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,13 @@
-"""Distributions over discrete structures z, all with one interface (`Structure`)."""
+"""Distributions over discrete structures z, all with one interface (`Structure`).
+
+Modules: `base` (the `Structure` contract), `chart` (the public semiring/chart
+core: write one inside pass, get log Z, argmax and exact samples), `factorized`
+(`Categorical`, `Bernoulli`), `linear_chain`, `dependency` (the shared arc
+layout) with `projective` (Eisner), `nonprojective` (matrix-tree) and
+`arborescence` (Chu–Liu/Edmonds), `tree` (CKY), `torch_struct` (torch-struct
+distributions as structures: `SemiMarkovCRF`), `noise`. Writing a new
+structure: docs/new-structure.md.
+"""
 
 from zoo.structures.base import Structure, sequence_mask
 from zoo.structures.chart import ChartStructure
