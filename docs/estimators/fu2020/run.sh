@@ -7,10 +7,10 @@ run() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python -m zoo.compare --c
   --seeds 1 --max_steps 1000 --threads 1 "$@"; }
 run --out lightning_logs/compare/fu2020-soft --estimators \
   $D/soft-t0.1.yaml $D/soft-t0.5.yaml $D/soft-t1.yaml $D/soft-t2.yaml $D/soft-t5.yaml $D/soft-annealed.yaml
+# What fitted the session's time: the rest of the grid (st-t0.5, st-t2; ema and learned with
+# S = 4, 16) has its settings files here; add them to the lists below to run them too.
 run --out lightning_logs/compare/fu2020-st --estimators \
-  $D/st-t0.1.yaml $D/st-t0.5.yaml $D/st-t1.yaml $D/st-t2.yaml $D/st-t5.yaml $D/st-annealed.yaml
+  $D/st-t0.1.yaml $D/st-t1.yaml $D/st-t5.yaml $D/st-annealed.yaml
 run --out lightning_logs/compare/fu2020-reinforce --estimators \
-  $D/reinforce-none-s1.yaml $D/reinforce-none-s4.yaml $D/reinforce-none-s16.yaml \
-  $D/reinforce-ema-s1.yaml $D/reinforce-ema-s4.yaml $D/reinforce-ema-s16.yaml \
-  $D/reinforce-learned-s1.yaml $D/reinforce-learned-s4.yaml $D/reinforce-learned-s16.yaml \
-  $D/reinforce-loo-s4.yaml $D/reinforce-loo-s16.yaml
+  $D/reinforce-none-s1.yaml $D/reinforce-ema-s1.yaml $D/reinforce-learned-s1.yaml \
+  $D/reinforce-none-s4.yaml $D/reinforce-loo-s4.yaml $D/reinforce-none-s16.yaml $D/reinforce-loo-s16.yaml
