@@ -27,6 +27,7 @@ from zoo.estimators import (
     UnorderedSetReinforce,
     from_config,
 )
+from zoo.structures import Bernoulli, Categorical, LinearChainCRF, Structure
 
 PARTS = 6
 
@@ -59,10 +60,11 @@ def test_config_holds_every_argument_nested_baselines_included() -> None:
     }
 
 
-GROUP_FILES = sorted((REPO_ROOT / "configs" / "estimator").glob("*.yaml"))
+GROUP_DIR = REPO_ROOT / "configs" / "estimator"
+GROUP_FILES = sorted(GROUP_DIR.rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: str(p.relative_to(GROUP_DIR)))
 def test_the_estimator_group_files_are_such_configs(path) -> None:
     config = yaml.safe_load(path.read_text())
     estimator = from_config(config, Estimator)
@@ -178,3 +180,40 @@ def test_the_newer_estimators_rebuild_from_their_configs(make) -> None:
     assert type(rebuilt) is type(estimator)
     assert repr(rebuilt) == repr(estimator)
     assert rebuilt.init_config() == config
+
+
+def _latents() -> dict[str, Structure]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "categorical": Categorical(torch.randn(2, 3, 4, generator=g)),
+        "bernoulli": Bernoulli(torch.randn(2, 5, generator=g)),
+        "chain": LinearChainCRF(torch.randn(2, 3, 3, 3, generator=g)),
+    }
+
+
+# What the files of each folder of configs/estimator/ run on (README.md there).
+FOLDER_LATENTS = {
+    ".": {"categorical", "bernoulli", "chain"},
+    "chain": {"chain"},
+    "factorized": {"categorical", "bernoulli"},
+    "bernoulli": {"bernoulli"},
+    "joint-nll": {"categorical", "bernoulli", "chain"},
+}
+
+
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: str(p.relative_to(GROUP_DIR)))
+def test_a_group_file_runs_on_the_latents_of_its_folder_and_names_the_others(path) -> None:
+    folder = str(path.parent.relative_to(GROUP_DIR))
+    assert folder in FOLDER_LATENTS, f"configs/estimator/{folder}/ is not described"
+    config = yaml.safe_load(path.read_text())
+    for name, q in _latents().items():
+        if "LearnedBaseline" in str(config):
+            config["init_args"]["baseline"]["init_args"]["in_features"] = q.event_shape.numel()
+        estimator = from_config(config, Estimator)
+        cost = lambda z: z.flatten(2).sum(-1).pow(2)  # noqa: E731
+        if name in FOLDER_LATENTS[folder]:
+            out = estimator(q, cost)
+            assert torch.isfinite(out.objective).all()
+        else:
+            with pytest.raises(TypeError, match=type(q).__name__):
+                estimator(q, cost)
