@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from torch.utils.data import RandomSampler
 
 from tests.models.cases import quiet_trainer
 from zoo.data import SyntheticBinaryDataModule
@@ -136,9 +137,8 @@ def test_trainer_runs_on_datamodule(tmp_path):
 
 def test_the_batch_sampler_resumes_in_the_middle_of_an_epoch_and_at_its_end():
     def sampler():
-        return ResumableBatchSampler(
-            10, 3, shuffle=True, generator=torch.Generator().manual_seed(5)
-        )
+        order = RandomSampler(range(10), generator=torch.Generator().manual_seed(5))
+        return ResumableBatchSampler(order, 3)
 
     straight = sampler()
     epochs = [list(straight), list(straight)]  # two epochs of 4 batches
@@ -150,7 +150,7 @@ def test_the_batch_sampler_resumes_in_the_middle_of_an_epoch_and_at_its_end():
     next(iterator), next(iterator), next(iterator)  # the loader fetched one ahead
     first.consumed = 2  # what the datamodule counted
     resumed = sampler()
-    resumed.generator.manual_seed(123)  # whatever it had: the state replaces it
+    resumed.sampler.generator.manual_seed(123)  # whatever it had: the state replaces it
     resumed.load_state_dict(first.state_dict())
     assert list(resumed) == epochs[0][2:]
     assert list(resumed) == epochs[1]  # and the next epoch is the uninterrupted run's
@@ -162,7 +162,7 @@ def test_the_batch_sampler_resumes_in_the_middle_of_an_epoch_and_at_its_end():
     after.load_state_dict(done.state_dict())
     assert list(after) == epochs[1]
     with pytest.raises(ValueError, match="consumed must be an integer in \\[0, 4\\], got 9"):
-        after.load_state_dict({"generator": done.generator.get_state(), "consumed": 9})
+        after.load_state_dict({"generator": done.sampler.generator.get_state(), "consumed": 9})
 
 
 def test_the_loader_counts_only_the_batches_training_uses():
@@ -170,4 +170,4 @@ def test_the_loader_counts_only_the_batches_training_uses():
     model = CategoricalVAE(GumbelSoftmax(), 2, 3, input_dim=16, hidden_sizes=(8,))
     trainer: L.Trainer = quiet_trainer(max_steps=3)
     trainer.fit(model, dm)
-    assert dm.train_dataloader().state_dict()["consumed"] == 3  # 4 fetched, 3 used
+    assert trainer.train_dataloader.state_dict()["consumed"] == 3  # 4 fetched, 3 used

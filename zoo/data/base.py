@@ -25,7 +25,15 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    default_collate,
+)
 
 ENV_DATA_DIR = "ZOO_DATA_DIR"
 """Environment variable that names the dataset root when ``data_dir`` is not given."""
@@ -130,68 +138,72 @@ def binarize(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return {key: torch.bernoulli(value) for key, value in batch.items()}
 
 
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Batches of indices 0..N-1, shuffled per epoch or in order, that resume mid-epoch.
+class ResumableBatchSampler(BatchSampler):
+    """A `BatchSampler` that resumes in the middle of an epoch.
 
-    ``state_dict()`` holds the shuffling generator's state at the start of the
-    current epoch and ``consumed``, the batches of this epoch the model has
-    used (the datamodule counts them as they reach the model; Lightning fetches
-    one batch ahead, so the batches drawn are not the batches used). After
-    ``load_state_dict``, the next epoch draws the same permutation and starts
-    at batch ``consumed``. At the end of an epoch the state is the generator's
-    current one and 0: the next epoch starts afresh.
+    ``state_dict()`` holds the state of the sampler's generator at the start of
+    the current epoch (a `RandomSampler` with a ``generator``; a
+    `DistributedSampler` needs none, its order is a function of seed and epoch)
+    and ``consumed``, the batches of this epoch the model has used (the
+    datamodule counts them as they reach the model; Lightning fetches one batch
+    ahead, so the batches drawn are not the batches used). After
+    ``load_state_dict`` the next epoch draws the same order and starts at
+    batch ``consumed``. At the end of an epoch the state is the generator's
+    current one and 0: the next epoch starts afresh. The constructor is
+    `BatchSampler`'s, so Lightning can rebuild it around a `DistributedSampler`.
 
     Args:
-        size: N, examples in the data set.
-        batch_size: indices per batch (the last batch may be smaller).
-        shuffle: a new permutation every epoch (else 0..N-1 in order).
-        generator: the generator behind the permutations (owned by the sampler).
+        sampler: the order of the indices (`RandomSampler`, `SequentialSampler`, ...).
+        batch_size: indices per batch.
+        drop_last: drop a last, smaller batch.
     """
 
-    def __init__(
-        self, size: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
-    ) -> None:
-        _check_int("size", size, minimum=0)
-        _check_int("batch_size", batch_size, minimum=1)
-        self.size = size
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = generator if generator is not None else torch.Generator()
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False) -> None:
+        super().__init__(sampler, batch_size, drop_last)
         self.consumed = 0
         self._epoch_start: Tensor | None = None
         self._resume: dict[str, Any] | None = None
 
-    def __len__(self) -> int:
-        return -(-self.size // self.batch_size)
+    def _generator(self) -> torch.Generator | None:
+        return getattr(self.sampler, "generator", None)
 
     def __iter__(self):
         start = 0
+        generator = self._generator()
         if self._resume is not None:
             state, self._resume = self._resume, None
-            self.generator.set_state(state["generator"])
+            if generator is not None and state["generator"] is not None:
+                generator.set_state(state["generator"])
             start = int(state["consumed"])
-        self._epoch_start = self.generator.get_state()
-        order = torch.randperm(self.size, generator=self.generator) if self.shuffle else None
+        self._epoch_start = None if generator is None else generator.get_state()
         self.consumed = start
-        for i in range(start, len(self)):
-            lo, hi = i * self.batch_size, min(self.size, (i + 1) * self.batch_size)
-            yield order[lo:hi].tolist() if order is not None else list(range(lo, hi))
+        for i, batch in enumerate(super().__iter__()):
+            if i >= start:  # the batches before were used before the checkpoint
+                yield batch
 
     def state_dict(self) -> dict[str, Any]:
         if self._resume is not None:  # loaded, not yet iterated: pass it on unchanged
             return dict(self._resume)
+        generator = self._generator()
         if self._epoch_start is None or self.consumed >= len(self):
-            return {"generator": self.generator.get_state(), "consumed": 0}
+            return {
+                "generator": None if generator is None else generator.get_state(),
+                "consumed": 0,
+            }
         return {"generator": self._epoch_start, "consumed": self.consumed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         consumed = state_dict.get("consumed")
-        if not isinstance(consumed, int) or not 0 <= consumed <= len(self):
+        if (
+            isinstance(consumed, bool)
+            or not isinstance(consumed, int)
+            or not 0 <= consumed <= len(self)
+        ):
             raise ValueError(
                 f"ResumableBatchSampler: consumed must be an integer in [0, {len(self)}], "
                 f"got {consumed!r} (a checkpoint of a different data set or batch size?)"
             )
-        self._resume = {"generator": state_dict["generator"], "consumed": consumed}
+        self._resume = {"generator": state_dict.get("generator"), "consumed": consumed}
 
 
 class ResumableLoader(DataLoader):
@@ -251,7 +263,7 @@ class ZooDataModule(L.LightningDataModule):
         self.train_set: BinaryImageDataset | None = None
         self.val_set: BinaryImageDataset | None = None
         self.test_set: BinaryImageDataset | None = None
-        self._train_batches: ResumableBatchSampler | None = None
+        self._shuffle_generator: torch.Generator | None = None
 
     @property
     def input_dim(self) -> int:
@@ -270,16 +282,14 @@ class ZooDataModule(L.LightningDataModule):
                 f"call prepare_data() and setup() first (a Trainer does this)"
             )
         if shuffle:
-            # One sampler for the life of the datamodule: reloading the loader
+            # One generator for the life of the datamodule: reloading the loader
             # continues the stream instead of replaying the first epoch's order.
-            if self._train_batches is None:
-                generator = torch.Generator().manual_seed(self.seed)
-                self._train_batches = ResumableBatchSampler(
-                    len(dataset), self.batch_size, shuffle=True, generator=generator
-                )
-            batches = self._train_batches
+            if self._shuffle_generator is None:
+                self._shuffle_generator = torch.Generator().manual_seed(self.seed)
+            order: Sampler[int] = RandomSampler(dataset, generator=self._shuffle_generator)
         else:
-            batches = ResumableBatchSampler(len(dataset), self.batch_size, shuffle=False)
+            order = SequentialSampler(dataset)
+        batches = ResumableBatchSampler(order, self.batch_size)
         # Under a trainer the dynamic binarization is drawn in on_after_batch_transfer.
         dataset.defer_binarization = self.trainer is not None
         return ResumableLoader(
@@ -299,8 +309,10 @@ class ZooDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return batch
-        if self._train_batches is not None:
-            self._train_batches.consumed += 1
+        # The loader Lightning uses (rebuilt around a DistributedSampler under DDP).
+        loader = trainer.train_dataloader
+        if isinstance(loader, ResumableLoader):
+            loader.batch_sampler.consumed += 1
         if self.train_set is not None and self.train_set.dynamic and isinstance(batch, dict):
             batch = binarize(batch)
         return batch
