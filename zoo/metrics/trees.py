@@ -19,7 +19,7 @@ Each metric is a ratio of two counts, accumulated per sequence-length bucket
 
 ``compute()`` returns ``{"": overall, "1-10": …, "11-50": …, "51+": …}``;
 buckets without examples are left out, and a bucket whose examples have
-nothing to score (sequences of three or fewer tokens have no non-trivial
+nothing to score (sequences of one or two tokens have no non-trivial
 span) scores 1: there was nothing to get wrong. Nothing is NaN. The states
 are sums, so the metrics synchronize across processes.
 """
