@@ -197,7 +197,7 @@ def variance_experiment(
     axes.plot(steps, ratio, marker="o")
     axes.axhline(0.0, color="grey", linewidth=0.8)
     axes.set_xlabel("training step (LSTM decoder, Gumbel-CRF training)")
-    axes.set_ylabel("log Var[REINFORCE-LOO] / Var[Gumbel-CRF]")
+    axes.set_ylabel("log Var[REINFORCE-LOO]\n  / Var[Gumbel-CRF]")
     axes.set_title(
         "encoder-gradient variance, 4 samples each (cf. Fu et al. 2020, Fig. 3B)", fontsize=8
     )
