@@ -10,13 +10,17 @@ import threading
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
+from tests.models.cases import quiet_trainer
 from zoo.data import DataNotFoundError, MNISTDataModule, resolve_data_dir
 from zoo.data import hub as hub_module
 from zoo.data import mnist as mnist_module
+from zoo.estimators import GumbelSoftmax
+from zoo.models import CategoricalVAE
 
 TRAIN_GZ = "mnist/train-images-idx3-ubyte.gz"
 TEST_GZ = "mnist/t10k-images-idx3-ubyte.gz"
@@ -545,3 +549,28 @@ def test_cli_parses_arguments():
     assert cfg.data.batch_size == 100
     with pytest.raises(SystemExit):
         parser.parse_args(["--data.binarization=nonsense"])
+
+
+def test_under_a_trainer_dynamic_batches_are_drawn_as_they_reach_the_model(shared_data_dir):
+    seen: list[torch.Tensor] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(batch["x"])
+
+    def run() -> list[torch.Tensor]:
+        seen.clear()
+        torch.manual_seed(0)
+        dm = make_dm(shared_data_dir, binarization="dynamic", limit=200, batch_size=50)
+        model = CategoricalVAE(GumbelSoftmax(), 2, 3, hidden_sizes=(8,), num_importance_samples=0)
+        quiet_trainer(max_steps=3, callbacks=[Record()], limit_val_batches=0).fit(model, dm)
+        # The loader itself hands out intensities; the draw waits for the model.
+        assert dm.train_set.defer_binarization
+        return list(seen)
+
+    first = run()
+    assert len(first) == 3
+    for x in first:
+        assert_binary_float(x)
+    # From torch's global generator: the same seed, the same pixels.
+    assert all(torch.equal(a, b) for a, b in zip(first, run(), strict=True))
