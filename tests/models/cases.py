@@ -25,7 +25,7 @@ from zoo.estimators import (
     STGumbelSoftmax,
     StraightThrough,
 )
-from zoo.models import BernoulliSBN, BernoulliVAE, CategoricalSBN, CategoricalVAE
+from zoo.models import VAE, BernoulliSBN, BernoulliVAE, CategoricalSBN, CategoricalVAE, ChainLatent
 from zoo.models.base import LatentVariableModel
 
 DIM = 16
@@ -74,6 +74,13 @@ MODELS = [
         lambda e: CategoricalSBN(e, num_variables=2, num_classes=3, input_dim=DIM // 2, lr=1e-2),
         parts=6,
         split="halves",
+    ),
+    # Appended last: other suites pick cases by index (MODELS[0], MODELS[2]).
+    ModelCase(
+        "chain-vae",
+        lambda e: VAE(e, ChainLatent(3, 3), input_dim=DIM, hidden_sizes=(8,), lr=1e-2),
+        parts=2 * 3 * 3,
+        split="full",
     ),
 ]
 

@@ -125,7 +125,7 @@ class VAE(LatentVariableModel):
         q = self.posterior({"x": x})
         recon = torch.sigmoid(self.decode(q.argmax()))
         pairs = torch.stack([x, recon], dim=1).flatten(0, 1)  # (2n, D): input, reconstruction
-        z = self.prior(()).sample(x.shape[0]).to(x.dtype)  # (n, *event)
+        z = self.prior((x.shape[0],)).sample().to(x.dtype)  # (n, *event): one z per picture
         samples = torch.sigmoid(self.decode(z))
         return {"reconstructions": pairs, "samples": samples}
 
