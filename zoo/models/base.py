@@ -74,6 +74,10 @@ class LatentVariableModel(L.LightningModule):
     arguments have no plain form (a function, say) is kept as the object
     itself, and its checkpoints load only with ``weights_only=False``.
 
+    Checkpoints also keep torch's generator states (``on_save_checkpoint``), which
+    ``on_train_start`` restores, so a resumed run draws what an uninterrupted one
+    would have drawn; a subclass that overrides one of these hooks calls ``super()``.
+
     Raises:
         ValueError: an estimator that is neither an `Estimator` nor its config, a negative
             number of samples, a chunk size below 1, lr ≤ 0.
