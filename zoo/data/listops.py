@@ -478,12 +478,25 @@ class _LengthSortedBatches(torch.utils.data.Sampler[list[int]]):
     """Batches of examples of similar length, in a fixed order (evaluation only).
 
     Padding a 900-symbol expression with 10-symbol ones multiplies the cubic
-    tree programs' work; metrics do not depend on the order.
+    tree programs' work; metrics do not depend on the order. A batch also
+    stops growing once batch × N³ (N its longest expression) would pass
+    ``max_cubed``: the charts of Eisner's and CKY's programs hold O(B N³)
+    numbers, several GB for a batch of 32 expressions of 900 symbols.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, max_cubed: int) -> None:
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.batches: list[list[int]] = []
+        batch: list[int] = []
+        for i in order:
+            if batch and (
+                len(batch) >= batch_size or (len(batch) + 1) * lengths[i] ** 3 > max_cubed
+            ):
+                self.batches.append(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            self.batches.append(batch)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -512,6 +525,9 @@ class ListOpsDataModule(L.LightningDataModule):
             expressions of similar length (sorted within pools of 50 batches).
         eval_batch_size: expressions per validation and test batch (None: ``batch_size``);
             these batches group expressions of similar length.
+        max_eval_cubed: an evaluation batch stops growing before batch × N³ passes this
+            (N its longest expression; 5·10⁷: one expression of 370 symbols, 50 of 100),
+            which bounds the memory of the cubic tree programs on long expressions.
         num_workers: DataLoader worker processes.
         seed: seeds the generator (training and validation sets are drawn as one set,
             so they never share an expression) and the training order.
@@ -533,6 +549,7 @@ class ListOpsDataModule(L.LightningDataModule):
         max_depth: int = 20,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
+        max_eval_cubed: int = 50_000_000,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -546,8 +563,10 @@ class ListOpsDataModule(L.LightningDataModule):
         _check_int("batch_size", batch_size, minimum=1)
         if eval_batch_size is not None:
             _check_int("eval_batch_size", eval_batch_size, minimum=1)
+        _check_int("max_eval_cubed", max_eval_cubed, minimum=1)
         _check_int("num_workers", num_workers, minimum=0)
         _check_int("seed", seed, minimum=None)
+        self.max_eval_cubed = max_eval_cubed
         self.num_train, self.num_val = num_train, num_val
         self.train_file, self.val_file, self.test_file = train_file, val_file, test_file
         self.data_dir = data_dir
@@ -625,9 +644,8 @@ class ListOpsDataModule(L.LightningDataModule):
             sampler = _BucketedBatches(lengths, self.batch_size, self._shuffle_generator)
             return DataLoader(dataset, batch_sampler=sampler, **common)
         lengths = [len(e.tokens) for e in dataset.examples]
-        return DataLoader(
-            dataset, batch_sampler=_LengthSortedBatches(lengths, self.eval_batch_size), **common
-        )
+        sampler = _LengthSortedBatches(lengths, self.eval_batch_size, self.max_eval_cubed)
+        return DataLoader(dataset, batch_sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train")
