@@ -33,6 +33,16 @@ def test_schedule_is_jangs() -> None:
     assert schedule.temperature_at(10**6) == 0.5
 
 
+def test_the_floor_never_raises_the_temperature() -> None:
+    # A fixed τ below τ_min (the CLI's default schedule has r = 0, τ_min = 0.5) stays put.
+    fixed = TemperatureAnnealing(rate=0.0, min_temperature=0.5, every_n_steps=1)
+    fixed.initial_temperature = 0.1
+    assert [fixed.temperature_at(t) for t in (0, 1, 10**6)] == [0.1, 0.1, 0.1]
+    decaying = TemperatureAnnealing(rate=1e-3, min_temperature=0.5, every_n_steps=1)
+    decaying.initial_temperature = 0.2
+    assert decaying.temperature_at(10**4) == 0.2
+
+
 def test_sets_every_tempered_estimator_including_nested_ones(tmp_path) -> None:
     torch.manual_seed(0)
     # Outer and inner estimators both tempered, from different starting τ.

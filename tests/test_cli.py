@@ -422,6 +422,14 @@ def test_the_annealing_schedule_has_flags(in_tmp) -> None:
     assert (callback.every_n_steps, callback.initial_temperature) == (7, 2.0)
 
 
+def test_a_fixed_temperature_below_the_default_floor_stays_fixed(in_tmp) -> None:
+    args = [*TINY_VAE, "--model.estimator=GumbelSoftmax", "--model.estimator.temperature=0.1"]
+    cli = ZooCLI(
+        ["fit", *args, *synthetic_args(), *quiet_trainer_args(), "--trainer.max_steps=2"]
+    )
+    assert cli.model.estimator.temperature == pytest.approx(0.1)
+
+
 def test_a_schedule_in_trainer_callbacks_still_works_but_not_twice(in_tmp) -> None:
     older = ["--trainer.callbacks+=TemperatureAnnealing", "--trainer.callbacks.rate=0.3"]
     cli = ZooCLI(

@@ -15,9 +15,9 @@ metrics and batches under a temporary folder, which the test compares:
 * TensorBoard events (pictures, hparams) and checkpoints are written once, by
   rank 0.
 
-Two known gaps are strict xfails (see ``docs/distributed.md``): the −ELBO that
-`LatentVariableModel` logs is rank-local (no ``sync_dist``), and every rank
-draws the same random numbers.
+* the logged −ELBO (``self.log`` with ``sync_dist`` at the epoch level) equals
+  the single-process value on the same validation set;
+* the ranks draw different noise (each goes on from its own seed).
 
 Run by hand: ``torchrun --standalone --nproc_per_node=2 tests/test_ddp.py OUT DATA [scenario ...]``.
 """
@@ -231,11 +231,6 @@ def test_the_zoo_datamodules_shard_between_the_processes(default_run) -> None:
     _written_by_rank_zero(out / "logs" / "vae-exact", out / "vae-exact", zero["pid"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LatentVariableModel logs {stage}/neg_elbo with self.log(..., sync_dist=False): each "
-    "rank logs the mean of its own shard (fix: sync_dist=True for the epoch-level values)",
-)
 def test_the_logged_elbo_is_that_of_the_whole_validation_set(default_run) -> None:
     out, data_dir = default_run
     zero, one = _check_agreement(out, "vae-exact")
@@ -253,12 +248,6 @@ def test_two_processes_agree_on_the_temperature(slow_run) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="seed_everything gives every rank the same seed, so the ranks draw the same Gumbel, "
-    "REINFORCE and binarization noise (on different images); fix: reseed with seed + global_rank "
-    "once the model is built (DDP broadcasts rank 0's initial weights anyway)",
-)
 def test_the_ranks_draw_different_noise(slow_run) -> None:
     out, _ = slow_run
     zero, one = _ranks(out, "m2-gumbel")

@@ -38,6 +38,9 @@ def tempered_estimators(module: torch.nn.Module) -> list[Estimator]:
 class TemperatureAnnealing(L.Callback):
     """τ = max(τ_min, τ₀ · exp(−r · t)), updated every N training steps (Jang et al. 2017).
 
+    The floor only stops the decay: it never raises τ above τ₀ (a fixed
+    τ₀ = 0.1 with r = 0, the command line's default schedule, stays 0.1).
+
     At every step t that is a multiple of ``every_n_steps`` (t = 0 included),
     the temperature of every tempered estimator in the model (``GumbelSoftmax``,
     ``STGumbelSoftmax``, ``PerturbAndMAP``, also when nested, as in the SBN) is
@@ -97,7 +100,8 @@ class TemperatureAnnealing(L.Callback):
         if self.initial_temperature is None:
             raise RuntimeError("TemperatureAnnealing: τ₀ is not known before training starts")
         t = step - step % self.every_n_steps
-        return max(self.min_temperature, self.initial_temperature * math.exp(-self.rate * t))
+        floor = min(self.min_temperature, self.initial_temperature)
+        return max(floor, self.initial_temperature * math.exp(-self.rate * t))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         estimators = tempered_estimators(pl_module)

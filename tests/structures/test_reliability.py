@@ -7,6 +7,7 @@
 * An empty batch (B = 0): every method returns an empty result.
 * Sample shapes: ``sample(0)`` is an empty leading dimension, a non-integer a
   TypeError naming it, a negative size a ValueError.
+* Batches of one element (shape `()` or `(1,)`): samples and the MAP lie in the support.
 * Half precision: relaxed samples of θ × 1000 at τ = 0.01 are finite.
 """
 
@@ -129,3 +130,18 @@ def test_half_precision_relaxed_samples_are_finite(case: StructureCase, dtype) -
     # The relaxed sample is near its hard sample at this temperature.
     hard, soft = q.rsample_with_hard(4, 0.01)
     assert (soft.float() - hard.float()).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("index", [0, slice(0, 1)], ids=["batch ()", "batch (1,)"])
+@EVERY
+def test_a_batch_of_one_or_none_samples_in_the_support(case: StructureCase, index) -> None:
+    # Batch shapes () and (1,) once made the chain's in-place CDF normalization
+    # divide a tensor by a view of itself (a RuntimeError from torch).
+    q = case.build(torch.float64)[index]
+    assert q.batch_shape == ((1,) if isinstance(index, slice) else ())
+    for z in (q.sample(), q.sample(3), q.argmax(), q.rsample_with_hard(2, 0.5)[1]):
+        assert z.shape[z.dim() - len(q.event_shape) - len(q.batch_shape) :] == (
+            *q.batch_shape,
+            *q.event_shape,
+        )
+        assert torch.isfinite(q.log_prob(z)).all()

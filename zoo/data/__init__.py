@@ -1,16 +1,25 @@
-"""LightningDataModules: binarized MNIST and synthetic binary vectors.
+"""LightningDataModules: MNIST (binarized; semi-supervised with a few labels), tagged
+sentences (Universal Dependencies, a synthetic HMM), ListOps, synthetic binary vectors.
 
 ``zoo.data`` stands beside ``zoo.structures``/``zoo.estimators``/``zoo.models``
 and imports none of them.
 """
 
 from zoo.data.base import resolve_data_dir
+from zoo.data.hmm import SyntheticHMMDataModule
+from zoo.data.listops import ListOpsDataModule
 from zoo.data.mnist import DataNotFoundError, MNISTDataModule
+from zoo.data.semi_supervised import SemiSupervisedMNISTDataModule
 from zoo.data.synthetic import SyntheticBinaryDataModule
+from zoo.data.ud import UDTaggingDataModule
 
 __all__ = [
     "DataNotFoundError",
+    "ListOpsDataModule",
     "MNISTDataModule",
+    "SemiSupervisedMNISTDataModule",
     "SyntheticBinaryDataModule",
+    "SyntheticHMMDataModule",
+    "UDTaggingDataModule",
     "resolve_data_dir",
 ]

@@ -1,4 +1,7 @@
-"""Models: `LatentVariableModel`, the injected latents and one file per model family.
+"""Models: `LatentVariableModel`, the injected latents and one file per model family:
+the VAEs and SBNs of MNIST (`vae`, `sbn`), the semi-supervised `m2`, the
+unsupervised `tagger` (linear-chain latents) and the `listops` latent-tree
+classifiers.
 
 Importing this package makes the models' and latents' class names usable as
 shorthand on the command line (``--model=VAE --model.latent=ChainLatent``).
@@ -7,23 +10,53 @@ shorthand on the command line (``--model=VAE --model.latent=ChainLatent``).
 from zoo.models.base import Batch, LatentVariableModel
 from zoo.models.components import MLP, bernoulli_nll, image_grid
 from zoo.models.latent import BernoulliLatent, CategoricalLatent, ChainLatent, Latent
+from zoo.models.listops import (
+    BinaryTreeClassifier,
+    DependencyTreeClassifier,
+    GoldTreeClassifier,
+    LatentTreeClassifier,
+    ListOpsClassifier,
+    LSTMClassifier,
+)
+from zoo.models.m2 import M2
 from zoo.models.sbn import SBN, BernoulliSBN, CategoricalSBN
+from zoo.models.tagger import (
+    ChainTagger,
+    InducedTagWriter,
+    LSTMTagger,
+    MarginalExpectation,
+    MarginalLikelihoodHMM,
+    NeuralHMMTagger,
+)
 from zoo.models.vae import VAE, BernoulliVAE, CategoricalVAE
 
 __all__ = [
-    "MLP",
-    "SBN",
-    "VAE",
     "Batch",
     "BernoulliLatent",
     "BernoulliSBN",
     "BernoulliVAE",
+    "BinaryTreeClassifier",
     "CategoricalLatent",
     "CategoricalSBN",
     "CategoricalVAE",
     "ChainLatent",
+    "ChainTagger",
+    "DependencyTreeClassifier",
+    "GoldTreeClassifier",
+    "InducedTagWriter",
+    "LSTMClassifier",
+    "LSTMTagger",
     "Latent",
+    "LatentTreeClassifier",
     "LatentVariableModel",
+    "ListOpsClassifier",
+    "M2",
+    "MLP",
+    "MarginalExpectation",
+    "MarginalLikelihoodHMM",
+    "NeuralHMMTagger",
+    "SBN",
+    "VAE",
     "bernoulli_nll",
     "image_grid",
 ]

@@ -213,6 +213,9 @@ class LatentVariableModel(L.LightningModule):
                 on_step=on_step,
                 on_epoch=not on_step,
                 batch_size=batch_size,
+                # Under DDP the epoch value is the mean over every rank's shard (one
+                # all-reduce per metric per epoch); the per-step training values stay local.
+                sync_dist=not on_step,
             )
         return loss
 
@@ -337,11 +340,19 @@ class LatentVariableModel(L.LightningModule):
 
     def on_train_start(self) -> None:
         states, self._rng_states_to_load = self._rng_states_to_load, None
-        if states is None:
-            return
-        torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        if states is not None:
+            torch.set_rng_state(states["torch"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+        if self.trainer.world_size > 1:
+            # seed_everything (and a restored checkpoint, written by rank 0) leave every
+            # rank with one generator state: the ranks would draw the same Gumbel,
+            # REINFORCE and binarization noise for different images. Each rank goes on
+            # from its own seed, drawn from that shared state (reproducible per rank).
+            # DDP has already broadcast rank 0's weights, and the data order comes from
+            # the DistributedSampler's seed, not from this generator.
+            seed = int(torch.randint(0, 2**62, (1,)))
+            torch.manual_seed(seed + self.trainer.global_rank)
 
     def on_test_start(self) -> None:
         self._write_hparams_session()

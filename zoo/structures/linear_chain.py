@@ -477,9 +477,9 @@ class LinearChainCRF(ChartStructure):
         # entry makes that entry exactly 1 > u; unused rows (unreachable c', padded
         # steps) are 0/0 = NaN and never picked.
         cdf = _log_conditionals(theta, alpha, pad).exp_().transpose(0, 1).cumsum(-1)
-        cdf = cdf.div_(cdf[..., -1:])
+        cdf = cdf.div_(cdf[..., -1:].clone())  # the divisor copied: in place over a view of itself
         last = torch.softmax(alpha[:, -1], dim=-1).cumsum(-1)
-        last = last.div_(last[:, -1:])
+        last = last.div_(last[:, -1:].clone())
         uniform = safe_uniform((num + 1, batch, count, 1), dtype=theta.dtype, device=theta.device)
         uniform = uniform.unbind(0)
         # The label is the number of cdf entries below u (u ≤ 1 - eps < 1 = the last).
