@@ -424,9 +424,7 @@ def test_the_annealing_schedule_has_flags(in_tmp) -> None:
 
 def test_a_fixed_temperature_below_the_default_floor_stays_fixed(in_tmp) -> None:
     args = [*TINY_VAE, "--model.estimator=GumbelSoftmax", "--model.estimator.temperature=0.1"]
-    cli = ZooCLI(
-        ["fit", *args, *synthetic_args(), *quiet_trainer_args(), "--trainer.max_steps=2"]
-    )
+    cli = ZooCLI(["fit", *args, *synthetic_args(), *quiet_trainer_args(), "--trainer.max_steps=2"])
     assert cli.model.estimator.temperature == pytest.approx(0.1)
 
 

@@ -13,8 +13,7 @@ metrics and batches under a temporary folder, which the test compares:
 * the logged accuracy (a torchmetrics metric) equals the single-process
   accuracy of the same weights on the same validation set;
 * TensorBoard events (pictures, hparams) and checkpoints are written once, by
-  rank 0.
-
+  rank 0;
 * the logged −ELBO (``self.log`` with ``sync_dist`` at the epoch level) equals
   the single-process value on the same validation set;
 * the ranks draw different noise (each goes on from its own seed).

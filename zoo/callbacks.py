@@ -36,9 +36,9 @@ def tempered_estimators(module: torch.nn.Module) -> list[Estimator]:
 
 
 class TemperatureAnnealing(L.Callback):
-    """τ = max(τ_min, τ₀ · exp(−r · t)), updated every N training steps (Jang et al. 2017).
+    """τ = max(min(τ_min, τ₀), τ₀ · exp(−r · t)), updated every N training steps (Jang et al. 2017).
 
-    The floor only stops the decay: it never raises τ above τ₀ (a fixed
+    The floor τ_min only stops the decay: it never raises τ above τ₀ (a fixed
     τ₀ = 0.1 with r = 0, the command line's default schedule, stays 0.1).
 
     At every step t that is a multiple of ``every_n_steps`` (t = 0 included),
