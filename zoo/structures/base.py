@@ -249,6 +249,9 @@ class Structure(Distribution):
     def _flat(self) -> tuple[Tensor, Tensor | None]:
         """θ as ``(B, *event)`` and lengths as ``(B,)``, B the product of the batch shape."""
         # An explicit B: reshape(-1, ...) is ambiguous for an empty batch or event.
+        # One batch dimension already: no reshape (each adds an autograd node).
+        if len(self.batch_shape) == 1:
+            return self.log_potentials, self.lengths
         size = math.prod(self.batch_shape)
         theta = self.log_potentials.reshape(size, *self.event_shape)
         lengths = None if self.lengths is None else self.lengths.reshape(size)
@@ -257,6 +260,8 @@ class Structure(Distribution):
     def _unflat(self, x: Tensor) -> Tensor:
         """Undo `_flat` on the leading dimension of ``x``: ``(B, ...)`` → ``(*batch, ...)``."""
         # torch.Size concatenation also covers an empty batch shape.
+        if len(self.batch_shape) == 1:
+            return x
         return x.reshape(self.batch_shape + x.shape[1:])
 
     # ---------------------------------------------------------- exact oracles

@@ -23,7 +23,6 @@ brute-force enumeration.
 from __future__ import annotations
 
 import itertools
-import math
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -103,12 +102,6 @@ class DependencyStructure(Structure):
     @property
     def max_length(self) -> int:
         return self.log_potentials.shape[-1]
-
-    def _flat(self) -> tuple[Tensor, Tensor | None]:
-        # An explicit batch size: reshape(-1, ...) is ambiguous for an empty batch.
-        size = math.prod(self.batch_shape)
-        theta = self.log_potentials.reshape(size, *self.event_shape)
-        return theta, None if self.lengths is None else self.lengths.reshape(size)
 
     def _extra_args(self) -> dict[str, Any]:
         return {"multiroot": self.multiroot}

@@ -54,6 +54,15 @@ most about e^11 · 1e-16 ≈ 6e-12 to rounding, and marginals stay within 1e-11
 (at -16 they were already off by 1e-9). Below it, the exact elimination."""
 
 
+def _inverse_of_laplacian(lu: Tensor, pivots: Tensor) -> Tensor:
+    """L̂⁻¹ ``(B, N, N)`` (column-major) from the in-place LU of -L̂ᵀ of `_MatrixTree`.
+
+    The adjoint solve with -I: (-L̂ᵀ)ᵀ X = -I.
+    """
+    eye = torch.eye(lu.shape[-1], dtype=lu.dtype, device=lu.device).neg_()
+    return torch.linalg.lu_solve(lu, pivots, eye.expand_as(lu), adjoint=True)
+
+
 def _inverse(lu: Tensor, pivots: Tensor) -> Tensor:
     """The inverse ``(B, N, N)`` of the matrices whose LU factorization is given."""
     eye = torch.eye(lu.shape[-1], dtype=lu.dtype, device=lu.device)
@@ -123,41 +132,51 @@ def _exp64(shifted: Tensor) -> Tensor:
 
 def _negated_laplacian(
     theta: Tensor, valid: Tensor | None, multiroot: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """-L̂ of `_laplacian`, built in place in one fresh float64 buffer (no autograd).
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-L̂ of `_laplacian` in one fresh float64 buffer, and the weights it was built from (no autograd).
 
-    The forward pass of `_MatrixTree`, in fewer passes over B·N² numbers than
-    the differentiable build. Returns ``(-L̂, root (B, N), best (B, N), first)``,
-    with c_m = best[m] the shift of column m: the arc weights are -L̂ off its
-    diagonal, but for row 0 with a single root, which holds -root; ``first``
-    (B, N) is then the weights of the arcs from word 0 (None for multiroot).
+    The forward pass of `_MatrixTree` and `_Marginals`, in fewer passes over
+    B·N² numbers than the differentiable build. Returns ``(-L̂, weights, best
+    (B, N))``: the weights exp(θ[h, m] - c_m) in θ's working dtype (ROOT weights
+    on the diagonal), with c_m = best[m] the shift of column m.
     """
     theta = theta.detach().to(_working_dtype(theta))
     if valid is not None:
         theta = theta.masked_fill(~valid, -torch.inf)
     best = theta.amax(-2).nan_to_num_(0.0, 0.0, 0.0)  # 0: no real head
-    weights = _exp64(theta - best.unsqueeze(-2))  # the fresh buffer (θ - c itself for float64 θ)
-    best = best.to(torch.float64)
-    diagonal = weights.diagonal(0, -2, -1)
-    root = diagonal.clone()
+    weights = (theta - best.unsqueeze(-2)).exp_()
+    padding = None if valid is None else ~valid.diagonal(0, -2, -1)
+    return _negated_laplacian_of(weights, padding, multiroot), weights, best.to(torch.float64)
+
+
+def _negated_laplacian_of(weights: Tensor, padding: Tensor | None, multiroot: bool) -> Tensor:
+    """-L̂ ``(B, N, N)`` float64 of arc weights ``(B, N, N)`` (ROOT weights on the diagonal).
+
+    Linear in the weights but for the identity at the ``(B, N)`` padded words.
+    """
+    matrix = weights.to(torch.float64, copy=True)
+    diagonal = matrix.diagonal(0, -2, -1)
     if not multiroot:
         diagonal.zero_()
-    into = weights.sum(-2)  # (B, N): with ROOT for multiroot, without for a single root
-    if valid is not None:
-        into += ~valid.diagonal(0, -2, -1)  # identity at padding
+    into = matrix.sum(-2)  # (B, N): with ROOT for multiroot, without for a single root
+    if padding is not None:
+        into += padding
     diagonal.copy_(into.neg_())
-    first = None
     if not multiroot:
-        first = weights[:, 0].clone()  # the arcs from word 0 (and -into at [0, 0])
-        weights[:, 0] = -root
-    return weights, root, best, first
+        matrix[:, 0] = weights.diagonal(0, -2, -1).neg()  # row 0 of L̂ holds ROOT
+    return matrix
 
 
-def _factor(matrix: Tensor, negated: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+def _factor(
+    matrix: Tensor, negated: bool = False, overwrite: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """LU of L̂ (or of -L̂) with log |det| and where the float64 determinant can be trusted.
 
     Args:
-        matrix: ``(B, N, N)`` L̂, or -L̂ with ``negated=True`` (det L̂ = (-1)^N det(-L̂)).
+        matrix: ``(B, N, N)`` L̂, or -L̂ with ``negated=True`` (det L̂ = (-1)^N det(-L̂)),
+            or the transpose of either (same determinant).
+        overwrite: factor in ``matrix``'s memory (no graph; it should be
+            column-major, ``buffer.mT``, or LAPACK works on a copy anyway).
 
     Returns:
         ``(lu, pivots, log_det (B,), fine)``: ``fine`` is None where every
@@ -166,7 +185,12 @@ def _factor(matrix: Tensor, negated: bool = False) -> tuple[Tensor, Tensor, Tens
         that of ∓identity, so that everything computed from it stays finite.
     """
     n = matrix.shape[-1]
-    lu, pivots, _ = torch.linalg.lu_factor_ex(matrix)
+    if overwrite:
+        pivots = matrix.new_empty(matrix.shape[:-1], dtype=torch.int32)
+        info = matrix.new_empty(matrix.shape[:-2], dtype=torch.int32)
+        lu, pivots, _ = torch.linalg.lu_factor_ex(matrix, out=(matrix, pivots, info))
+    else:
+        lu, pivots, _ = torch.linalg.lu_factor_ex(matrix)
     diagonal = lu.diagonal(0, -2, -1)
     log_det = diagonal.abs().log_().sum(-1)
     # det has the sign (-1)^(row swaps + negative pivots), times (-1)^N for -L̂.
@@ -176,55 +200,50 @@ def _factor(matrix: Tensor, negated: bool = False) -> tuple[Tensor, Tensor, Tens
     if bool(fine.all()):
         return lu, pivots, log_det, None
     eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
-    eye = -eye if negated else eye
-    lu, pivots, _ = torch.linalg.lu_factor_ex(torch.where(fine.view(-1, 1, 1), matrix, eye))
+    lu = torch.where(fine.view(-1, 1, 1), lu, -eye if negated else eye)  # the LU of ∓I is ∓I
+    pivots = torch.where(fine.unsqueeze(-1), pivots, steps)
     return lu, pivots, torch.where(fine, log_det, 0.0), fine
 
 
-def _arc_marginals(
-    weights: Tensor,
-    inverse: Tensor,
-    multiroot: bool,
-    root: Tensor | None = None,
-    first: Tensor | None = None,
-    overwrite: bool = False,
-) -> Tensor:
-    """μ[h, m] = w[h, m] ∂ log det L̂ / ∂w[h, m] (Koo et al. 2007), ``(B, N, N)``.
-
-    Arc h → m enters L̂ at [m, m] (+w) and [h, m] (-w), and ∂ log det / ∂L̂[i, j]
-    = L̂⁻¹[j, i]. With a single root, row 0 of L̂ holds the ROOT weights
-    instead, so word 0's diagonal and the arcs from word 0 have no Laplacian entry.
+def _arc_marginals(weights: Tensor, inverse: Tensor, multiroot: bool) -> Tensor:
+    """μ[h, m] = w[h, m] ∂ log det L̂ / ∂w[h, m] (Koo et al. 2007), ``(B, N, N)``, from L̂⁻¹.
 
     Args:
-        weights: ``(B, N, N)`` arc weights; only those off the diagonal (and
-            off row 0 where ``first`` is given) are read when ``root`` is given.
+        weights: ``(B, N, N)`` arc weights, ROOT weights on the diagonal.
         inverse: ``(B, N, N)`` L̂⁻¹.
         multiroot: which L̂.
-        root: ``(B, N)`` ROOT weights, if not on the diagonal of ``weights``.
-        first: ``(B, N)`` weights of the arcs from word 0, if not row 0 of ``weights``.
-        overwrite: compute in ``inverse``'s memory (no graph; ``inverse`` is lost):
-            every fresh (B, N, N) float64 buffer costs about as much as a pass over it.
     """
-    diagonal = inverse.diagonal(0, -2, -1)  # (B, N): L̂⁻¹[m, m]
+    return weights * _head_differences(inverse, multiroot)
+
+
+def _head_differences(inverse: Tensor, multiroot: bool, overwrite: bool = False) -> Tensor:
+    """∂ log det L̂ / ∂w[h, m] at [h, m], ``(B, N, N)``, from L̂⁻¹ (negated from -L̂⁻¹).
+
+    Arc h → m enters L̂ at [m, m] (+w) and [h, m] (-w), and ∂ log det / ∂L̂[i, j]
+    = L̂⁻¹[j, i]: L̂⁻¹[m, m] - L̂⁻¹[m, h]. The ROOT arcs (the diagonal) enter at
+    [m, m] for multiroot; for a single root row 0 of L̂ holds the ROOT weights,
+    so they enter at [0, m], and word 0's diagonal entry and the arcs from word
+    0 are not in the Laplacian.
+
+    Args:
+        overwrite: compute in ``inverse``'s memory (no graph; ``inverse`` is
+            lost): every fresh (B, N, N) float64 buffer costs about a pass over it.
+    """
+    into = inverse.diagonal(0, -2, -1)  # (B, N): L̂⁻¹[m, m]
     if multiroot:
-        into = factor = diagonal.clone() if overwrite else diagonal
+        root = into = into.clone() if overwrite else into
     else:
-        into = diagonal * (torch.arange(inverse.shape[-1], device=inverse.device) != 0)
-        factor = inverse[..., 0].clone() if overwrite else inverse[..., 0]  # L̂⁻¹[m, 0]
-    # The edits below touch one row and the diagonal of fresh tensors, which
-    # autograd allows (neither op saves its output).
-    back = inverse.transpose(-2, -1)  # [h, m] = L̂⁻¹[m, h]
-    # [h, m] = L̂⁻¹[m, m] - L̂⁻¹[m, h]
-    wide = into.unsqueeze(-2)
-    difference = torch.sub(wide, back, out=back) if overwrite else wide - back
+        into = into.clone()
+        into[:, 0] = 0.0
+        root = inverse[..., 0].clone() if overwrite else inverse[..., 0]  # L̂⁻¹[m, 0]
+    back = inverse.mT  # [h, m] = L̂⁻¹[m, h]
+    # The edits below touch one row and the diagonal of a fresh tensor, which
+    # autograd allows (subtraction does not save its output).
+    difference = torch.sub(into.unsqueeze(-2), back, out=back if overwrite else None)
     if not multiroot:
-        difference[:, 0] = into  # row 0 of L̂ holds ROOT: no [0, m] entry for the arcs from word 0
-    marginals = difference.mul_(weights) if overwrite else weights * difference
-    if first is not None:
-        marginals[:, 0] = first * into
-    weight = weights.diagonal(0, -2, -1) if root is None else root
-    marginals.diagonal(0, -2, -1).copy_(weight * factor)
-    return marginals
+        difference[:, 0] = into
+    difference.diagonal(0, -2, -1).copy_(root)
+    return difference
 
 
 def _matrix_tree_marginals(
@@ -249,8 +268,8 @@ def _exact_marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> Te
     return chart_indicator(program, theta)[0]
 
 
-def _marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> Tensor:
-    """Float64 arc marginals ``(B, N, N)`` of θ (any dtype) at any scale, differentiable in θ."""
+def _traced_marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> Tensor:
+    """Float64 arc marginals ``(B, N, N)`` of θ (any dtype) at any scale, differentiable in θ by autograd."""
     marginals, fine = _matrix_tree_marginals(theta, valid, multiroot)
     if fine is not None:
         bad = ~fine
@@ -263,49 +282,109 @@ def _marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> Tensor:
 class _MatrixTree(torch.autograd.Function):
     """log Z of θ (any dtype) by the matrix-tree theorem, with closed-form marginals as backward.
 
-    One float64 LU serves both passes (autograd through the matrix build and
-    slogdet costs more than the whole closed form). Sentences whose shifted
+    One float64 LU, taken in place, serves both passes (autograd through the
+    matrix build and slogdet costs more than the whole closed form); the
+    elementwise work stays in θ's working dtype. Sentences whose shifted
     determinant cannot be trusted in float64 take log Z and marginals from the
     log-space elimination instead. A second-order backward (a gradient taken
-    with ``create_graph=True``) differentiates the traced closed form.
+    with ``create_graph=True``) is `_Marginals`, whose own backward is the
+    closed-form Hessian-vector product.
     """
 
     @staticmethod
     def forward(ctx: Any, theta: Tensor, valid: Tensor | None, multiroot: bool) -> Tensor:
-        matrix, root, best, first = _negated_laplacian(theta, valid, multiroot)
-        lu, pivots, log_det, fine = _factor(matrix, negated=True)
+        matrix, weights, best = _negated_laplacian(theta, valid, multiroot)
+        # det(-L̂ᵀ) = det(-L̂), and the row-major buffer's transpose is the
+        # column-major matrix LAPACK factors in place.
+        lu, pivots, log_det, fine = _factor(matrix.mT, negated=True, overwrite=True)
         log_z = log_det + best.sum(-1)
+        empty = None
         if fine is not None:
             bad = ~fine
             sub_valid = None if valid is None else valid[bad]
             exact = _log_partition_elimination(theta[bad].to(torch.float64), sub_valid, multiroot)
             log_z = log_z.masked_scatter(bad, exact)
-        ctx.save_for_backward(theta, matrix, root, first, lu, pivots, fine)
+            # The elimination's forbidden floor stands in for -inf: map it back.
+            empty = is_empty_support(log_z, theta.shape[-1] + 1)
+            log_z = log_z.masked_fill(empty, -torch.inf)
+        ctx.save_for_backward(theta, weights, lu, pivots, fine, empty)
         ctx.valid, ctx.multiroot = valid, multiroot
         return log_z.to(theta.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        theta, matrix, root, first, lu, pivots, fine = ctx.saved_tensors
-        grad = grad.to(torch.float64).view(-1, 1, 1)
+        theta, weights, lu, pivots, fine, empty = ctx.saved_tensors
+        if empty is not None:
+            grad = grad.masked_fill(empty, 0.0)  # A = -inf: no gradient
         if torch.is_grad_enabled():
-            marginals = _marginals(theta, ctx.valid, ctx.multiroot)
-            return (grad * marginals).to(theta.dtype), None, None
-        inverse = _inverse(lu, pivots)  # (-L̂)⁻¹ = -L̂⁻¹
-        # -L̂ holds the arc weights off its diagonal and, but for a single root
-        # (whose row 0 holds -root; the arcs from word 0 are `first`), row 0.
-        # The marginals of -L̂ and (-L̂)⁻¹ are those of L̂ negated: fold the sign into grad.
-        marginals = _arc_marginals(
-            matrix, inverse, ctx.multiroot, root=root, first=first, overwrite=True
-        )
-        scale = grad.neg()
+            marginals = _Marginals.apply(theta, ctx.valid, ctx.multiroot)
+            return grad.view(-1, 1, 1) * marginals, None, None
+        difference = _head_differences(_inverse_of_laplacian(lu, pivots), ctx.multiroot, True)
+        # The rest in the weights' (θ's working) dtype: one cast, then in place.
+        marginals = difference.to(weights.dtype).mul_(weights)
+        marginals.mul_(grad.view(-1, 1, 1).to(weights.dtype))
         if fine is not None:
             bad = ~fine
             sub_valid = None if ctx.valid is None else ctx.valid[bad]
             exact = _exact_marginals(theta[bad].to(torch.float64), sub_valid, ctx.multiroot)
-            marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact.neg())
-        # One pass: scaled and cast to θ's dtype together.
-        return torch.mul(marginals, scale, out=torch.empty_like(theta)), None, None
+            exact = exact * grad[bad].to(torch.float64).view(-1, 1, 1)
+            marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact.to(weights.dtype))
+        return marginals.to(theta.dtype), None, None
+
+
+class _Marginals(torch.autograd.Function):
+    """Arc marginals of θ (any dtype) by the closed form, with a closed-form backward.
+
+    The backward is the Hessian-vector product of log Z. With μ = w ⊙ D, D =
+    ∂ log det L̂ / ∂w and X = L̂⁻¹, a perturbation dL̂ = L(v) of the weights
+    gives dX = -X L(v) X, so the derivative of ⟨G, μ⟩ is
+
+        G ⊙ μ + w ⊙ D'(X (-L(v)) X),   v = G ⊙ w,
+
+    with D'(Y) the head differences of Y (`_head_differences`): two batched
+    matrix products. Sentences whose determinant cannot be trusted in float64
+    take both passes from the log-space elimination, and a backward under
+    ``create_graph=True`` differentiates the traced closed form.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, theta: Tensor, valid: Tensor | None, multiroot: bool) -> Tensor:
+        matrix, weights, _ = _negated_laplacian(theta, valid, multiroot)
+        lu, pivots, _, fine = _factor(matrix.mT, negated=True, overwrite=True)
+        inverse = _inverse_of_laplacian(lu, pivots)
+        # A fresh difference (the inverse is kept for the backward), then in place.
+        marginals = _head_differences(inverse, multiroot).to(weights.dtype).mul_(weights)
+        if fine is not None:
+            bad = ~fine
+            sub_valid = None if valid is None else valid[bad]
+            exact = _exact_marginals(theta[bad].detach().to(torch.float64), sub_valid, multiroot)
+            marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact.to(weights.dtype))
+        ctx.save_for_backward(theta, weights, inverse, marginals, fine)
+        ctx.valid, ctx.multiroot = valid, multiroot
+        return marginals.to(theta.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        theta, weights, inverse, marginals, fine = ctx.saved_tensors
+        valid, multiroot = ctx.valid, ctx.multiroot
+        if torch.is_grad_enabled():
+            traced = _traced_marginals(theta, valid, multiroot)
+            (result,) = torch.autograd.grad(traced, theta, grad, create_graph=True)
+            return result, None, None
+        grad = grad.to(weights.dtype)
+        change = _negated_laplacian_of(grad * weights, None, multiroot)  # -L(v)
+        moved = torch.matmul(torch.matmul(inverse, change), inverse)  # X (-L(v)) X
+        result = _head_differences(moved, multiroot, overwrite=True).to(weights.dtype)
+        result = result.mul_(weights).addcmul_(grad, marginals)
+        if fine is not None:
+            bad = ~fine
+            sub_valid = None if valid is None else valid[bad]
+            with torch.enable_grad():
+                leaf = theta[bad].detach().to(torch.float64).requires_grad_(True)
+                exact = _exact_marginals(leaf, sub_valid, multiroot)
+                (exact,) = torch.autograd.grad(exact, leaf, grad[bad].to(torch.float64))
+            result = result.masked_scatter(bad.view(-1, 1, 1), exact.to(result.dtype))
+        return result.to(theta.dtype), None, None
 
 
 def _logaddexp(a: Tensor, b: Tensor) -> Tensor:
@@ -411,10 +490,7 @@ class NonProjectiveDependencyCRF(DependencyStructure):
         """A(θ) ``(*batch)``; -inf where no arborescence avoids every forbidden arc."""
         theta, lengths = self._flat()
         valid = None if lengths is None else self._valid(lengths, theta.shape[0], theta.device)
-        log_z = _MatrixTree.apply(theta, valid, self.multiroot)
-        # The elimination's forbidden floor stands in for -inf: map it back.
-        empty = is_empty_support(log_z.detach().to(torch.float64), self.max_length + 1)
-        return self._unflat(torch.where(empty, -torch.inf, log_z))
+        return self._unflat(_MatrixTree.apply(theta, valid, self.multiroot))
 
     def _check_support(self, empty: Tensor, what: str) -> None:
         if bool(empty.any()):
@@ -427,7 +503,7 @@ class NonProjectiveDependencyCRF(DependencyStructure):
     def marginals(self) -> Tensor:
         theta, lengths = self._flat()
         valid = None if lengths is None else self._valid(lengths, theta.shape[0], theta.device)
-        return self._unflat(_marginals(theta, valid, self.multiroot).to(theta.dtype))
+        return self._unflat(_Marginals.apply(theta, valid, self.multiroot))
 
     def argmax(self) -> Tensor:
         theta, lengths = self._flat()
