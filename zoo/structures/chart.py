@@ -264,12 +264,6 @@ class ChartStructure(Structure):
         """An upper bound on half the number of parts one structure sums (sets the floor)."""
         return self.max_length + 1
 
-    def _flat(self) -> tuple[Tensor, Tensor | None]:
-        # An explicit batch size: reshape(-1, ...) is ambiguous for an empty batch.
-        size = math.prod(self.batch_shape)
-        theta = self.log_potentials.reshape(size, *self.event_shape)
-        return theta, None if self.lengths is None else self.lengths.reshape(size)
-
     def log_partition(self) -> Tensor:
         theta, lengths = self._flat()
         value = self.inside(theta, lengths, logsumexp)

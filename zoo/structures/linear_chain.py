@@ -339,12 +339,6 @@ class LinearChainCRF(ChartStructure):
         """C, the number of labels."""
         return self.log_potentials.shape[-1]
 
-    def _flat(self) -> tuple[Tensor, Tensor | None]:
-        # An explicit batch size: reshape(-1, ...) is ambiguous when N - 1 = 0.
-        size = math.prod(self.batch_shape)
-        theta = self.log_potentials.reshape(size, *self.event_shape)
-        return theta, None if self.lengths is None else self.lengths.reshape(size)
-
     def _setup(self) -> tuple[Tensor, Tensor | None, Tensor]:
         """Flat θ ``(B, M, C, C)``, the padding mask ``(B, M)`` and ``(B,)`` True at L = 1."""
         theta, lengths = self._flat()

@@ -75,11 +75,6 @@ class TorchStructAdapter(Structure):
     def chart_size(self) -> int:
         return self.max_length + 1
 
-    def _flat(self) -> tuple[Tensor, Tensor | None]:
-        size = math.prod(self.batch_shape)
-        theta = self.log_potentials.reshape(size, *self.event_shape)
-        return theta, None if self.lengths is None else self.lengths.reshape(size)
-
     def _groups(self, copies: int = 1) -> Iterator[tuple[Tensor, object, bool, int]]:
         """One torch-struct distribution per distinct length in the flat batch.
 
