@@ -1,7 +1,7 @@
 """Speed of the zoo's chain and tree structures against torch-struct 0.5, on the CPU.
 
 For each structure, size and operation the two implementations are timed
-interleaved in one run (`bench.common.measure`: warm-up, round-robin, median
+interleaved in one run (`bench.common.measure`: warm-up, a fresh order each round, median
 of several samples, samples taken while other processes were busy rejected),
 and the ratio t_torch-struct / t_zoo is printed. Operations, on float32
 potentials that require grad (as in training), the distribution built inside

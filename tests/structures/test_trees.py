@@ -226,6 +226,55 @@ def test_nonprojective_marginals_backward_is_the_exact_hessian_product(
     )
 
 
+@pytest.mark.parametrize("multiroot", [False, True])
+def test_nonprojective_higher_derivatives_stay_finite_where_the_laplacian_is_singular(
+    multiroot: bool,
+) -> None:
+    # An empty support, a sentence whose arc weights underflow to exactly 0 in
+    # the shifted frame, and an ordinary one: second and third derivatives of
+    # log Z through the traced closed form, with no NaN anywhere.
+    theta = torch.zeros(3, 2, 2, dtype=torch.float64)
+    theta[0] = -torch.inf
+    theta[1] = torch.tensor([[0.0, -1000.0], [-1000.0, 0.0]])
+    theta[2] = torch.tensor([[0.3, -0.2], [0.5, 0.1]])
+    theta.requires_grad_(True)
+    (first,) = torch.autograd.grad(
+        NonProjectiveDependencyCRF(theta, multiroot=multiroot).log_partition()[1:].sum(),
+        theta,
+        create_graph=True,
+    )
+    probe = torch.arange(12.0, dtype=torch.float64).view(3, 2, 2)
+    (second,) = torch.autograd.grad((first * probe).sum(), theta, create_graph=True)
+    (third,) = torch.autograd.grad((second * probe).sum(), theta)
+    for name, value in {"first": first, "second": second, "third": third}.items():
+        assert torch.isfinite(value).all(), name
+    assert second[0].abs().max() == 0  # nothing flows into the empty sentence
+    # The well-scaled sentence's second derivative matches enumeration's.
+    exact = theta.detach()[2:].clone().requires_grad_(True)
+    q = NonProjectiveDependencyCRF(exact, multiroot=multiroot)
+    (want,) = torch.autograd.grad((brute_force(q).marginals * probe[2:]).sum(), exact)
+    torch.testing.assert_close(second[2:], want)
+
+
+@pytest.mark.parametrize("multiroot", [False, True])
+def test_nonprojective_empty_support_without_root_arcs_has_zero_marginals(multiroot: bool) -> None:
+    theta = torch.zeros(2, 3, 3, dtype=torch.float64)
+    theta[0].diagonal().fill_(-torch.inf)  # no arc from ROOT: no tree at all
+    q = NonProjectiveDependencyCRF(theta, multiroot=multiroot)
+    assert q.log_partition()[0] == -torch.inf
+    assert q.marginals()[0].abs().max() == 0
+    torch.testing.assert_close(q.marginals()[1], brute_force(q[1:]).marginals[0])
+
+
+def test_nonprojective_marginals_may_be_edited_in_place_before_backward() -> None:
+    theta = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+    mu = NonProjectiveDependencyCRF(theta).marginals()
+    mu.mul_(2.0)  # the output is not saved for the backward pass
+    (got,) = torch.autograd.grad(mu.sum(), theta)
+    (want,) = torch.autograd.grad(2 * NonProjectiveDependencyCRF(theta).marginals().sum(), theta)
+    torch.testing.assert_close(got, want)
+
+
 # -------------------------------------------------------------- bad arguments
 @pytest.mark.parametrize("kind", [DependencyCRF, NonProjectiveDependencyCRF])
 def test_dependency_value_errors(kind: type) -> None:

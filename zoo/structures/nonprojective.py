@@ -200,8 +200,13 @@ def _factor(
     if bool(fine.all()):
         return lu, pivots, log_det, None
     eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
-    lu = torch.where(fine.view(-1, 1, 1), lu, -eye if negated else eye)  # the LU of ∓I is ∓I
-    pivots = torch.where(fine.unsqueeze(-1), pivots, steps)
+    eye = -eye if negated else eye
+    if torch.is_grad_enabled() and matrix.requires_grad:
+        # Traced: factor ∓I itself, or the LU's backward meets the singular pivots (0/0).
+        lu, pivots, _ = torch.linalg.lu_factor_ex(torch.where(fine.view(-1, 1, 1), matrix, eye))
+    else:
+        lu = torch.where(fine.view(-1, 1, 1), lu, eye)  # the LU of ∓I is ∓I
+        pivots = torch.where(fine.unsqueeze(-1), pivots, steps)
     return lu, pivots, torch.where(fine, log_det, 0.0), fine
 
 
@@ -263,9 +268,13 @@ def _exact_marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> Te
         return _log_partition_elimination(t, valid, multiroot)
 
     if torch.is_grad_enabled() and theta.requires_grad:
-        (marginals,) = torch.autograd.grad(program(theta).sum(), theta, create_graph=True)
-        return marginals
-    return chart_indicator(program, theta)[0]
+        log_z = program(theta)
+        (marginals,) = torch.autograd.grad(log_z.sum(), theta, create_graph=True)
+    else:
+        marginals, log_z = chart_indicator(program, theta)
+    # An empty support has no mass: zero marginals (the clamped floor's derivative is not).
+    empty = is_empty_support(log_z.detach(), theta.shape[-1] + 1)
+    return marginals.masked_fill(empty.view(-1, 1, 1), 0.0)
 
 
 def _traced_marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> Tensor:
@@ -353,19 +362,20 @@ class _Marginals(torch.autograd.Function):
         lu, pivots, _, fine = _factor(matrix.mT, negated=True, overwrite=True)
         inverse = _inverse_of_laplacian(lu, pivots)
         # A fresh difference (the inverse is kept for the backward), then in place.
+        # The output is not saved: a caller may edit it in place.
         marginals = _head_differences(inverse, multiroot).to(weights.dtype).mul_(weights)
         if fine is not None:
             bad = ~fine
             sub_valid = None if valid is None else valid[bad]
             exact = _exact_marginals(theta[bad].detach().to(torch.float64), sub_valid, multiroot)
             marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact.to(weights.dtype))
-        ctx.save_for_backward(theta, weights, inverse, marginals, fine)
+        ctx.save_for_backward(theta, weights, inverse, fine)
         ctx.valid, ctx.multiroot = valid, multiroot
         return marginals.to(theta.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        theta, weights, inverse, marginals, fine = ctx.saved_tensors
+        theta, weights, inverse, fine = ctx.saved_tensors
         valid, multiroot = ctx.valid, ctx.multiroot
         if torch.is_grad_enabled():
             traced = _traced_marginals(theta, valid, multiroot)
@@ -375,7 +385,8 @@ class _Marginals(torch.autograd.Function):
         change = _negated_laplacian_of(grad * weights, None, multiroot)  # -L(v)
         moved = torch.matmul(torch.matmul(inverse, change), inverse)  # X (-L(v)) X
         result = _head_differences(moved, multiroot, overwrite=True).to(weights.dtype)
-        result = result.mul_(weights).addcmul_(grad, marginals)
+        difference = _head_differences(inverse, multiroot).to(weights.dtype)  # inverse: saved, kept
+        result = result.addcmul_(grad, difference).mul_(weights)  # w ⊙ (D'(…) + G ⊙ D)
         if fine is not None:
             bad = ~fine
             sub_valid = None if valid is None else valid[bad]
