@@ -261,6 +261,17 @@ def _matrix_tree_marginals(
     return _arc_marginals(weights, inverse, multiroot), fine
 
 
+def _untrusted(
+    fine: Tensor, theta: Tensor, valid: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The sentences whose float64 determinant `_factor` does not trust, for the elimination.
+
+    Returns ``(mask (B,), their θ in float64, their valid mask or None)``.
+    """
+    bad = ~fine
+    return bad, theta[bad].to(torch.float64), None if valid is None else valid[bad]
+
+
 def _exact_marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> Tensor:
     """Arc marginals by autograd of `_log_partition_elimination`; a graph only if θ needs one."""
 
@@ -281,9 +292,8 @@ def _traced_marginals(theta: Tensor, valid: Tensor | None, multiroot: bool) -> T
     """Float64 arc marginals ``(B, N, N)`` of θ (any dtype) at any scale, differentiable in θ by autograd."""
     marginals, fine = _matrix_tree_marginals(theta, valid, multiroot)
     if fine is not None:
-        bad = ~fine
-        sub_valid = None if valid is None else valid[bad]
-        exact = _exact_marginals(theta[bad].to(torch.float64), sub_valid, multiroot)
+        bad, sub_theta, sub_valid = _untrusted(fine, theta, valid)
+        exact = _exact_marginals(sub_theta, sub_valid, multiroot)
         marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact)
     return marginals
 
@@ -309,9 +319,8 @@ class _MatrixTree(torch.autograd.Function):
         log_z = log_det + best.sum(-1)
         empty = None
         if fine is not None:
-            bad = ~fine
-            sub_valid = None if valid is None else valid[bad]
-            exact = _log_partition_elimination(theta[bad].to(torch.float64), sub_valid, multiroot)
+            bad, sub_theta, sub_valid = _untrusted(fine, theta, valid)
+            exact = _log_partition_elimination(sub_theta, sub_valid, multiroot)
             log_z = log_z.masked_scatter(bad, exact)
             # The elimination's forbidden floor stands in for -inf: map it back.
             empty = is_empty_support(log_z, theta.shape[-1] + 1)
@@ -333,9 +342,8 @@ class _MatrixTree(torch.autograd.Function):
         marginals = difference.to(weights.dtype).mul_(weights)
         marginals.mul_(grad.view(-1, 1, 1).to(weights.dtype))
         if fine is not None:
-            bad = ~fine
-            sub_valid = None if ctx.valid is None else ctx.valid[bad]
-            exact = _exact_marginals(theta[bad].to(torch.float64), sub_valid, ctx.multiroot)
+            bad, sub_theta, sub_valid = _untrusted(fine, theta, ctx.valid)
+            exact = _exact_marginals(sub_theta, sub_valid, ctx.multiroot)
             exact = exact * grad[bad].to(torch.float64).view(-1, 1, 1)
             marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact.to(weights.dtype))
         return marginals.to(theta.dtype), None, None
@@ -365,9 +373,8 @@ class _Marginals(torch.autograd.Function):
         # The output is not saved: a caller may edit it in place.
         marginals = _head_differences(inverse, multiroot).to(weights.dtype).mul_(weights)
         if fine is not None:
-            bad = ~fine
-            sub_valid = None if valid is None else valid[bad]
-            exact = _exact_marginals(theta[bad].detach().to(torch.float64), sub_valid, multiroot)
+            bad, sub_theta, sub_valid = _untrusted(fine, theta, valid)
+            exact = _exact_marginals(sub_theta, sub_valid, multiroot)
             marginals = marginals.masked_scatter(bad.view(-1, 1, 1), exact.to(weights.dtype))
         ctx.save_for_backward(theta, weights, inverse, fine)
         ctx.valid, ctx.multiroot = valid, multiroot
@@ -388,10 +395,9 @@ class _Marginals(torch.autograd.Function):
         difference = _head_differences(inverse, multiroot).to(weights.dtype)  # inverse: saved, kept
         result = result.addcmul_(grad, difference).mul_(weights)  # w ⊙ (D'(…) + G ⊙ D)
         if fine is not None:
-            bad = ~fine
-            sub_valid = None if valid is None else valid[bad]
+            bad, leaf, sub_valid = _untrusted(fine, theta, valid)
             with torch.enable_grad():
-                leaf = theta[bad].detach().to(torch.float64).requires_grad_(True)
+                leaf.requires_grad_(True)
                 exact = _exact_marginals(leaf, sub_valid, multiroot)
                 (exact,) = torch.autograd.grad(exact, leaf, grad[bad].to(torch.float64))
             result = result.masked_scatter(bad.view(-1, 1, 1), exact.to(result.dtype))
