@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +67,11 @@ class Estimator(Configurable, nn.Module):
     Raises:
         ValueError: num_samples < 1.
     """
+
+    multi_sample_bound: ClassVar[bool] = False
+    """True for an estimator of a multi-sample bound (`VIMCO`) rather than of E_q[f(z)]:
+    its ``cost_fn`` returns −log p(x, z), the prior included, and the model adds no
+    KL term (`zoo.models.base.LatentVariableModel` gives it ``joint_nll``)."""
 
     def __init__(self, num_samples: int = 1) -> None:
         super().__init__()

@@ -56,6 +56,8 @@ class VIMCO(Estimator):
         (torch.Size([5, 3, 4]), torch.Size([3]))
     """
 
+    multi_sample_bound = True
+
     def __init__(self, num_samples: int = 5) -> None:
         super().__init__(num_samples)
         if num_samples < 2:

@@ -13,7 +13,16 @@ the loss is the negative ELBO.
 
 A subclass writes ``posterior``, ``cost`` and, where it has one,
 ``regularizer``; for the importance-sampled likelihood it writes
-``log_weights``, and for pictures ``images``. The base owns one step shared by
+``log_weights``, for pictures ``images``, and for estimators of a
+multi-sample bound (`VIMCO`) ``joint_nll``.
+
+**Multi-sample bounds.** An estimator with ``multi_sample_bound`` (VIMCO)
+estimates the gradient of L̂_S = log (1/S) Σ_s p(x, z_s) / q(z_s | x) instead of
+E_q[f(z)]. It is given ``joint_nll`` = −log p(x, z) as its cost, and the loss
+is −L̂_S alone (the bound holds the KL): it is logged as ``{stage}/neg_bound``,
+and the negative ELBO of the same samples under the usual names (``neg_elbo``,
+``recon``, ``kl`` for a VAE), so the runs stay comparable with ELBO-trained ones.
+A model without ``joint_nll`` refuses such an estimator when it is built. The base owns one step shared by
 training, validation and testing, the logging ("{stage}/{name}"), the
 optimizer and the TensorBoard hyperparameter session.
 """
@@ -23,7 +32,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import lightning as L
@@ -89,6 +98,8 @@ class LatentVariableModel(L.LightningModule):
     """The name of E_q[f(z)] in the logs; None: not logged (it equals the loss)."""
     regularizer_name: ClassVar[str | None] = None
     """The name of the regularizer in the logs; None: not logged."""
+    bound_name: ClassVar[str] = "neg_bound"
+    """The name of the loss under a multi-sample-bound estimator (−L̂_S, see the module docstring)."""
 
     def __init__(
         self,
@@ -109,6 +120,12 @@ class LatentVariableModel(L.LightningModule):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        if estimator.multi_sample_bound and not self.has_joint_nll():
+            raise TypeError(
+                f"{type(estimator).__name__} estimates a multi-sample bound and needs the joint "
+                f"-log p(x, z) as its cost; {type(self).__name__} has no joint_nll(z, batch) "
+                "(the VAE has one)"
+            )
         self._save_plain_hyperparameters()
         self.estimator = estimator
         self.lr = float(lr)
@@ -153,6 +170,25 @@ class LatentVariableModel(L.LightningModule):
         """``(B,)`` exact terms added to the loss, e.g. KL(q ‖ p); 0 by default."""
         return q.log_potentials.new_zeros(q.batch_shape)
 
+    def joint_nll(self, z: Tensor, batch: Batch) -> Tensor:
+        """−log p(x, z), the prior included: ``(S, B, *event)`` → ``(S, B)``.
+
+        What an estimator of a multi-sample bound (`VIMCO`) is given as its cost.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no joint_nll(z, batch): it cannot train with an "
+            "estimator of a multi-sample bound (VIMCO)"
+        )
+
+    @classmethod
+    def has_joint_nll(cls) -> bool:
+        """Whether the class writes ``joint_nll`` (and so can train with `VIMCO`)."""
+        return cls.joint_nll is not LatentVariableModel.joint_nll
+
+    def cost_for(self, estimator: Estimator) -> Callable[[Tensor, Batch], Tensor]:
+        """The cost ``estimator`` is given: ``joint_nll`` for a multi-sample bound, else ``cost``."""
+        return self.joint_nll if estimator.multi_sample_bound else self.cost
+
     def log_weights(self, q: Structure, batch: Batch, num_samples: int) -> Tensor:
         """``(num_samples, B)`` log importance weights log p(x, z) − log q(z | x), z ∼ q.
 
@@ -171,7 +207,10 @@ class LatentVariableModel(L.LightningModule):
     def terms(self, batch: Batch) -> tuple[Structure, Estimate, Tensor]:
         """q, the estimate of E_q[f(z)] and the ``(B,)`` regularizer of one batch."""
         q = self.posterior(batch)
-        estimate = self.estimator(q, lambda z: self.cost(z, batch))
+        cost = self.cost_for(self.estimator)
+        estimate = self.estimator(q, lambda z: cost(z, batch))
+        if self.estimator.multi_sample_bound:  # the bound holds the KL
+            return q, estimate, q.log_potentials.new_zeros(q.batch_shape)
         return q, estimate, self.regularizer(q, batch)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -184,11 +223,14 @@ class LatentVariableModel(L.LightningModule):
         loss = (estimate.objective + regularizer).mean()
         if stage == "train" and not self._logs_this_step():
             return loss
-        metrics = {self.objective_name: loss.detach()}
-        if self.cost_name is not None:
-            metrics[self.cost_name] = estimate.cost.mean()
-        if self.regularizer_name is not None:
-            metrics[self.regularizer_name] = regularizer.detach().mean()
+        if self.estimator.multi_sample_bound:
+            metrics = self._bound_metrics(q, estimate, batch, loss)
+        else:
+            metrics = {self.objective_name: loss.detach()}
+            if self.cost_name is not None:
+                metrics[self.cost_name] = estimate.cost.mean()
+            if self.regularizer_name is not None:
+                metrics[self.regularizer_name] = regularizer.detach().mean()
         samples = {"val": self.val_importance_samples, "test": self.num_importance_samples}
         if samples.get(stage, 0) > 0:
             metrics["nll_iw"] = -self.importance_log_likelihood(q, batch, samples[stage]).mean()
@@ -218,6 +260,20 @@ class LatentVariableModel(L.LightningModule):
                 sync_dist=not on_step,
             )
         return loss
+
+    @torch.no_grad()
+    def _bound_metrics(
+        self, q: Structure, estimate: Estimate, batch: Batch, loss: Tensor
+    ) -> dict[str, Tensor]:
+        """The bound, and the ELBO's terms on the bound's own samples (one more cost pass)."""
+        cost = self.cost(estimate.z, batch).mean(0)  # (B,): E_q[f(z)] from the S samples
+        regularizer = self.regularizer(q, batch)
+        metrics = {self.bound_name: loss.detach(), self.objective_name: (cost + regularizer).mean()}
+        if self.cost_name is not None:
+            metrics[self.cost_name] = cost.mean()
+        if self.regularizer_name is not None:
+            metrics[self.regularizer_name] = regularizer.mean()
+        return metrics
 
     def _log_step(self, stage: str) -> int | None:
         """The step a training or in-training validation log belongs to; None: Lightning's own.
@@ -292,6 +348,8 @@ class LatentVariableModel(L.LightningModule):
     def hparams_metric_names(self) -> list[str]:
         """The metrics the TensorBoard hparams tab shows next to the hyperparameters."""
         names = [f"val/{self.objective_name}", f"test/{self.objective_name}"]
+        if self.estimator.multi_sample_bound:
+            names += [f"val/{self.bound_name}", f"test/{self.bound_name}"]
         if self.val_importance_samples > 0:
             names.append("val/nll_iw")
         if self.num_importance_samples > 0:

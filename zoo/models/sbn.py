@@ -114,6 +114,11 @@ class SBN(LatentVariableModel):
             if inner_estimator is None
             else as_estimator(inner_estimator, "inner_estimator")
         )
+        if self.inner_estimator.multi_sample_bound:
+            raise TypeError(
+                f"inner_estimator: {type(self.inner_estimator).__name__} estimates a multi-sample "
+                "bound and needs the joint -log p(x, z); the SBN's second layer has none"
+            )
         self.latent = as_latent(latent)
         self.inner_latent = copy.deepcopy(self.latent)
         self.input_dim = input_dim

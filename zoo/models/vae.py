@@ -107,11 +107,14 @@ class VAE(LatentVariableModel):
         """KL(q(z | x) ‖ p(z)), ``(B,)``, exact."""
         return self.latent.kl(q)
 
+    def joint_nll(self, z: Tensor, batch: Batch) -> Tensor:
+        """−log p(x, z) = −log p(x | z) − log p(z): z ``(S, B, *event)`` → ``(S, B)`` (for `VIMCO`)."""
+        return self.cost(z, batch) - self.prior(z.shape[1:2]).log_prob(z)
+
     def log_weights(self, q: Structure, batch: Batch, num_samples: int) -> Tensor:
         """log p(x | z) + log p(z) − log q(z | x) for ``num_samples`` exact z ∼ q: ``(m, B)``."""
         z = q.sample(num_samples)  # (m, B, *event)
-        prior = self.prior(q.batch_shape)
-        return -self.cost(z, batch) + prior.log_prob(z) - q.log_prob(z)
+        return -self.joint_nll(z, batch) - q.log_prob(z)
 
     @torch.no_grad()
     def images(self, batch: Batch, num_images: int) -> dict[str, Tensor]:
