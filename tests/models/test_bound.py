@@ -14,14 +14,25 @@ import itertools
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 from tests.models.cases import MODELS, quiet_trainer, quiet_trainer_args, synthetic_args
 from zoo.cli import ZooCLI
 from zoo.estimators import VIMCO, LeaveOneOutBaseline, Reinforce
-from zoo.lab import reference_gradient
-from zoo.models import VAE, BernoulliSBN, BernoulliVAE, CategoricalSBN, CategoricalVAE, ChainLatent
+from zoo.lab import GradientStatistics, gradient_statistics, reference_gradient
+from zoo.models import (
+    M2,
+    VAE,
+    BernoulliSBN,
+    BernoulliVAE,
+    CategoricalSBN,
+    CategoricalVAE,
+    ChainLatent,
+    DependencyTreeClassifier,
+    NeuralHMMTagger,
+)
 from zoo.structures import Categorical
 
 S = 2  # samples of the bound
@@ -131,12 +142,56 @@ def test_the_bound_reference_is_only_for_bounds() -> None:
     [
         lambda: BernoulliSBN(VIMCO(3), num_variables=5, input_dim=8),
         lambda: CategoricalSBN(VIMCO(3), num_variables=2, num_classes=3, input_dim=8),
+        lambda: NeuralHMMTagger(VIMCO(3), num_tags=3, input_dim=10, embedding_dim=8, hidden_size=8),
+        lambda: DependencyTreeClassifier(VIMCO(3), hidden_dim=8),
+        lambda: M2(VIMCO(3), num_classes=3, latent_dim=2, input_dim=6, hidden_sizes=(8,)),
     ],
-    ids=["bernoulli-sbn", "categorical-sbn"],
+    ids=["bernoulli-sbn", "categorical-sbn", "hmm-tagger", "listops", "m2"],
 )
 def test_a_model_without_a_joint_refuses_vimco(make) -> None:
     with pytest.raises(TypeError, match="VIMCO .* has no joint_nll"):
         make()
+
+
+def test_the_joint_keeps_every_batch_dimension() -> None:
+    model = CategoricalVAE(VIMCO(3), num_variables=2, num_classes=3, input_dim=6, hidden_sizes=(8,))
+    batch = {"x": (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(0)) < 0.5).float()}
+    q = model.posterior(batch)  # batch shape (2, 5)
+    z = q.sample(4)
+    prior = -2 * math.log(3)  # log p(z) of two uniform 3-way variables
+    torch.testing.assert_close(model.joint_nll(z, batch), model.cost(z, batch) - prior)
+    assert model.log_weights(q, batch, 4).shape == (4, 2, 5)
+
+
+def test_the_lab_refuses_a_bound_it_cannot_measure(tmp_path) -> None:
+    sbn = BernoulliSBN(Reinforce(2), num_variables=5, input_dim=8)
+    batch = {"x": torch.ones(3, 8), "y": torch.zeros(3, 8)}
+    with pytest.raises(
+        TypeError, match="VIMCO estimates a multi-sample bound.*BernoulliSBN has none"
+    ):
+        gradient_statistics(sbn, batch, estimator=VIMCO(3))
+    # The callback says so before the first training step.
+    for model, reference, message in (
+        (_tiny_vae().float(), "exact", "must be 'bound'"),
+        (
+            CategoricalVAE(Reinforce(2), num_variables=1, num_classes=3, input_dim=16),
+            "bound",
+            "got Reinforce",
+        ),
+    ):
+        steps = []
+        callbacks = [GradientStatistics(reference=reference), _Count(steps)]
+        with pytest.raises(ValueError, match=message):
+            quiet_trainer(max_steps=2, callbacks=callbacks).fit(model, MODELS[0].data())
+        assert steps == []
+
+
+class _Count(L.Callback):
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = steps
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.steps.append(batch_idx)
 
 
 def test_the_sbn_refuses_vimco_as_its_inner_estimator() -> None:

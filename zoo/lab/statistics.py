@@ -101,7 +101,7 @@ class Reference:
     """A reference gradient and how it was obtained.
 
     Attributes:
-        gradient: ``(B, *event)``, ĝ* ≈ ∇_θ E_q[f(z)].
+        gradient: ``(B, *event)``, ĝ* ≈ ∇_θ E_q[f(z)] (∇_θ E[L̂_S] for ``"bound"``).
         noise: tr Cov[ĝ*], the squared standard error of the reference (0 when exact).
         kind: ``"closed_form"``, ``"exact"``, ``"reinforce"`` or ``"bound"``.
         estimates: ``(R, B, *event)``, the independent chunks averaged into ``gradient``
@@ -216,7 +216,8 @@ def reference_gradient(
         model: has ``cost(z, batch)``, and optionally ``expected_cost(q, batch) -> (B,)``.
         batch: the batch q was built from.
         q: the structure, batch shape ``(B,)``.
-        kind: ``"auto"`` takes the first that applies of closed form, exact, reinforce.
+        kind: ``"auto"`` takes the first that applies of closed form, exact, reinforce
+            (``"bound"`` for an estimator of a multi-sample bound).
         max_support: the largest support per batch element that ``"exact"`` enumerates.
         reference_samples: samples per batch element of the REINFORCE reference (all chunks).
         reference_chunks: R ≥ 2 independent REINFORCE estimates; their spread is the
@@ -229,16 +230,11 @@ def reference_gradient(
             for a bound), or too few samples for R chunks of ≥ 2.
     """
     expected_cost = getattr(model, "expected_cost", None)
-    bound = estimator is not None and estimator.multi_sample_bound
-    if bound and kind not in ("auto", "bound"):
-        raise ValueError(
-            f"{type(estimator).__name__} estimates the gradient of a multi-sample bound, not of "
-            f"E_q[f(z)]: its reference must be 'bound' (or 'auto'), got {kind!r}"
-        )
-    if kind == "bound" and not bound:
-        name = "no estimator" if estimator is None else type(estimator).__name__
-        raise ValueError(f"reference 'bound' is for estimators of a multi-sample bound, got {name}")
-    if kind == "auto" and bound:
+    if estimator is not None:
+        _check_target(model, estimator, kind)
+    elif kind == "bound":
+        raise ValueError("reference 'bound' needs the estimator of the bound, got none")
+    if kind == "auto" and estimator is not None and estimator.multi_sample_bound:
         kind = "bound"
     if kind == "bound":
         return _bound_reference(model, batch, q, estimator, reference_samples, reference_chunks)
@@ -289,6 +285,25 @@ def reference_gradient(
     return _averaged(estimates, kind)
 
 
+def _check_target(model: nn.Module, estimator: Estimator, reference: str) -> None:
+    """A bound estimator needs the model's joint and the "bound" reference; others not "bound"."""
+    name = type(estimator).__name__
+    if estimator.multi_sample_bound:
+        has_joint = getattr(model, "has_joint_nll", None)
+        if not (callable(has_joint) and has_joint()):
+            raise TypeError(
+                f"{name} estimates a multi-sample bound; gradient statistics need a model with "
+                f"joint_nll(z, batch) for it, and {type(model).__name__} has none"
+            )
+        if reference not in ("auto", "bound"):
+            raise ValueError(
+                f"{name} estimates the gradient of a multi-sample bound, not of E_q[f(z)]: "
+                f"its reference must be 'bound' (or 'auto'), got {reference!r}"
+            )
+    elif reference == "bound":
+        raise ValueError(f"reference 'bound' is for estimators of a multi-sample bound, got {name}")
+
+
 def _bound_reference(
     model: nn.Module,
     batch: Batch,
@@ -301,7 +316,10 @@ def _bound_reference(
     if reference_chunks < 2:
         raise ValueError(f"the bound reference needs reference_chunks ≥ 2, got {reference_chunks}")
     per_chunk = max(1, reference_samples // (estimator.num_samples * reference_chunks))
-    estimates = probe_gradients(model, batch, q, estimator, per_chunk * reference_chunks)
+    # VIMCO's θ-gradient needs only the cost's values (as REINFORCE's does): no graph.
+    estimates = probe_gradients(
+        model, batch, q, estimator, per_chunk * reference_chunks, differentiable_cost=False
+    )
     chunks = estimates.unflatten(0, (reference_chunks, per_chunk)).mean(1)
     return _averaged(chunks, "bound")
 
@@ -444,6 +462,7 @@ def gradient_statistics(
     estimator = getattr(model, "estimator", None) if estimator is None else estimator
     if not isinstance(estimator, Estimator):
         raise TypeError(f"gradient statistics need an Estimator, got {type(estimator).__name__}")
+    _check_target(model, estimator, reference)
     start = time.perf_counter()
     with _untouched(model), torch.enable_grad():
         with torch.set_grad_enabled(encoder):
@@ -553,6 +572,7 @@ class GradientStatistics(L.Callback):
             raise TypeError(
                 f"GradientStatistics: {type(pl_module).__name__}.estimator is no Estimator"
             )
+        _check_target(pl_module, pl_module.estimator, self.reference)  # before any training
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

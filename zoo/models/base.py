@@ -238,6 +238,7 @@ class LatentVariableModel(L.LightningModule):
             metrics.update(estimate.stats)
         batch_size = int(estimate.cost.shape[0])
         on_step = stage == "train"
+        shown = self.bound_name if self.estimator.multi_sample_bound else self.objective_name
         step = self._log_step(stage)
         if step is not None:
             # Lightning's logger reads a logged "step" as the x-axis (documented in its
@@ -250,7 +251,7 @@ class LatentVariableModel(L.LightningModule):
             self.log(
                 name if name in ("step", "epoch") else f"{stage}/{name}",
                 value,
-                prog_bar=name == self.objective_name,
+                prog_bar=name == shown,
                 logger=True,
                 on_step=on_step,
                 on_epoch=not on_step,

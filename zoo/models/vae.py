@@ -39,7 +39,8 @@ class VAE(LatentVariableModel):
     """A VAE whose latent z is injected: encoder → ``latent.posterior`` → z → ``latent.decoder_input`` → decoder.
 
     Args:
-        estimator: the gradient estimator of E_q[−log p(x | z)].
+        estimator: the gradient estimator of E_q[−log p(x | z)], or of the multi-sample
+            bound with −log p(x, z) (`VIMCO`; see `zoo.models.base`).
         latent: what z is: ``CategoricalLatent(20, 10)``, ``BernoulliLatent(200)``,
             ``ChainLatent(20, 10)``, or its config. Its ``in_features`` is the
             encoder's output width, its ``out_features`` the decoder's input width.
@@ -109,7 +110,8 @@ class VAE(LatentVariableModel):
 
     def joint_nll(self, z: Tensor, batch: Batch) -> Tensor:
         """−log p(x, z) = −log p(x | z) − log p(z): z ``(S, B, *event)`` → ``(S, B)`` (for `VIMCO`)."""
-        return self.cost(z, batch) - self.prior(z.shape[1:2]).log_prob(z)
+        batch_shape = z.shape[1 : z.dim() - self.latent.event_dim]
+        return self.cost(z, batch) - self.prior(batch_shape).log_prob(z)
 
     def log_weights(self, q: Structure, batch: Batch, num_samples: int) -> Tensor:
         """log p(x | z) + log p(z) − log q(z | x) for ``num_samples`` exact z ∼ q: ``(m, B)``."""

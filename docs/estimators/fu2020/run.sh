@@ -1,11 +1,12 @@
 #!/bin/sh
-# The reduced Fu (2020) study of docs/estimators.md: one seed, 1,000 steps per setting, one thread.
-# Run from the repository root: sh docs/estimators/fu2020/run.sh (about an hour on 2 shared cores);
-# REPORT=--report sh docs/estimators/fu2020/run.sh rewrites the tables and plots of what has finished.
+# The reduced Fu (2020) study of docs/estimators.md: 1,000 steps per setting, one thread per run.
+# Run from the repository root: sh docs/estimators/fu2020/run.sh (one seed, one run at a time);
+# SEEDS=3 JOBS=2 for what docs/estimators.md shows (three seeds, two runs at a time: about 40 minutes
+# on a quiet 2-core machine; resumable); REPORT=--report rewrites the tables and plots of what has finished.
 set -e
 D=docs/estimators/fu2020
 run() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python -m zoo.compare --config $D/base.yaml \
-  --seeds 1 --max_steps 1000 --threads 1 $REPORT "$@"; }
+  --seeds "${SEEDS:-1}" --jobs "${JOBS:-1}" --max_steps 1000 --threads 1 $REPORT "$@"; }
 run --out lightning_logs/compare/fu2020-soft --estimators \
   $D/soft-t0.1.yaml $D/soft-t0.5.yaml $D/soft-t1.yaml $D/soft-t2.yaml $D/soft-t5.yaml $D/soft-annealed.yaml
 run --out lightning_logs/compare/fu2020-st --estimators \
