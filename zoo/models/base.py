@@ -14,7 +14,9 @@ the loss is the negative ELBO.
 A subclass writes ``posterior``, ``cost`` and, where it has one,
 ``regularizer``; for the importance-sampled likelihood it writes
 ``log_weights``, for pictures ``images``, and for estimators of a
-multi-sample bound (`VIMCO`) ``joint_nll``.
+multi-sample bound (`VIMCO`) ``joint_nll``. The base owns one step shared by
+training, validation and testing, the logging ("{stage}/{name}"), the
+optimizer and the TensorBoard hyperparameter session.
 
 **Multi-sample bounds.** An estimator with ``multi_sample_bound`` (VIMCO)
 estimates the gradient of L̂_S = log (1/S) Σ_s p(x, z_s) / q(z_s | x) instead of
@@ -22,9 +24,7 @@ E_q[f(z)]. It is given ``joint_nll`` = −log p(x, z) as its cost, and the loss
 is −L̂_S alone (the bound holds the KL): it is logged as ``{stage}/neg_bound``,
 and the negative ELBO of the same samples under the usual names (``neg_elbo``,
 ``recon``, ``kl`` for a VAE), so the runs stay comparable with ELBO-trained ones.
-A model without ``joint_nll`` refuses such an estimator when it is built. The base owns one step shared by
-training, validation and testing, the logging ("{stage}/{name}"), the
-optimizer and the TensorBoard hyperparameter session.
+A model without ``joint_nll`` refuses such an estimator when it is built.
 """
 
 from __future__ import annotations

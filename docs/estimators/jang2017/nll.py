@@ -14,7 +14,6 @@ in ``nll_iw_<m>.json`` next to the checkpoint and are not tested again.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 import time
@@ -24,10 +23,8 @@ import lightning as L
 import torch
 import yaml
 
-
-def _class(path: str) -> type:
-    module, name = path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
+import zoo.models  # noqa: F401  (the classes a checkpoint may name)
+from zoo.config import from_config
 
 
 def test_nll(run: Path, samples: int) -> float:
@@ -36,13 +33,15 @@ def test_nll(run: Path, samples: int) -> float:
     if cached.exists():
         return json.loads(cached.read_text())["test/nll_iw"]
     config = yaml.safe_load((run / "config.yaml").read_text())
-    model = _class(config["model"]["class_path"]).load_from_checkpoint(
+    # The checkpoint names its class (LightningCLI's _class_path); m replaces its own.
+    model = L.LightningModule.load_from_checkpoint(
         run / "checkpoints" / "last.ckpt", map_location="cpu", num_importance_samples=samples
     )
-    data = _class(config["data"]["class_path"])(**config["data"]["init_args"])
+    data = from_config(config["data"], L.LightningDataModule)
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
+    torch.manual_seed(0)  # the same importance samples on every call
     (metrics,) = trainer.test(model, datamodule=data, verbose=False)
     value = float(metrics["test/nll_iw"])
     cached.write_text(json.dumps({"test/nll_iw": value, "samples": samples}) + "\n")
