@@ -115,10 +115,16 @@ class Reference:
 
 
 # ------------------------------------------------------------------ helpers
-def _replicate(batch: Batch, copies: int) -> dict[str, Tensor]:
-    """Every tensor of the batch repeated ``copies`` times along dim 0: ``(copies · B, ...)``."""
-    out = {}
+def _replicate(batch: Batch, copies: int) -> dict[str, Any]:
+    """Every entry of the batch repeated ``copies`` times along dim 0: ``(copies · B, ...)``.
+
+    Tensors and lists (a tagger's words, say) are repeated whole, ``[b_1 … b_B, b_1 …]``.
+    """
+    out: dict[str, Any] = {}
     for name, value in batch.items():
+        if isinstance(value, list):
+            out[name] = value * copies
+            continue
         if not isinstance(value, Tensor) or value.dim() == 0:
             raise TypeError(
                 f"gradient statistics replicate the batch along its first dimension; batch[{name!r}] "
@@ -126,6 +132,11 @@ def _replicate(batch: Batch, copies: int) -> dict[str, Tensor]:
             )
         out[name] = value.repeat(copies, *([1] * (value.dim() - 1)))
     return out
+
+
+def _first(value: Any, count: int) -> Any:
+    """The first ``count`` examples of a batch entry: a detached tensor copy, or a list slice."""
+    return value[:count].detach().clone() if isinstance(value, Tensor) else list(value[:count])
 
 
 def _leaf_structure(q: Structure, copies: int) -> tuple[Tensor, Structure]:
@@ -561,6 +572,7 @@ class GradientStatistics(L.Callback):
         self.history: list[dict[str, float]] = []
         self._batch: dict[str, Tensor] | None = None
         self._last_step: int | None = None
+        self._said_zero = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for name in ("posterior", "cost"):
@@ -582,13 +594,22 @@ class GradientStatistics(L.Callback):
                 raise TypeError(
                     f"GradientStatistics needs dict batches, got {type(batch).__name__}"
                 )
-            self._batch = {k: v[: self.num_examples].detach().clone() for k, v in batch.items()}
+            self._batch = {k: _first(v, self.num_examples) for k, v in batch.items()}
         step = trainer.global_step
         if step % self.every_n_steps or step == self._last_step:
             return
         self._last_step = step
         stats = self.measure(pl_module)
         self.history.append({"step": float(step), **stats})
+        if stats["norm"] == 0.0 and not self._said_zero:
+            self._said_zero = True
+            log.warning(
+                "GradientStatistics at step %d: the reference gradient of the fixed batch is 0 "
+                "(each of its examples has one structure, or the cost does not depend on z), "
+                "so cosine, bias and their floors are undefined and not logged; a larger "
+                "num_examples may hold longer examples",
+                step,
+            )
         metrics = {f"grad/{k}": v for k, v in stats.items() if k != "norm" and math.isfinite(v)}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
