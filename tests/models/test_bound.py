@@ -180,7 +180,10 @@ def test_the_lab_refuses_a_bound_it_cannot_measure(tmp_path) -> None:
         ),
     ):
         steps = []
-        callbacks = [_Count(steps), GradientStatistics(reference=reference)]  # _Count sees a step first
+        callbacks = [
+            _Count(steps),
+            GradientStatistics(reference=reference),
+        ]  # _Count sees a step first
         with pytest.raises(ValueError, match=message):
             quiet_trainer(max_steps=2, callbacks=callbacks).fit(model, MODELS[0].data())
         assert steps == []
