@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from zoo.cli import ZooCLI
-from zoo.data.listops import ListOpsDataModule
+from zoo.data.listops import ListOpsDataModule, collate, generate
 from zoo.estimators import (
     Exact,
     GreedyBaseline,
@@ -27,18 +27,17 @@ from zoo.estimators import (
     StraightThrough,
 )
 from zoo.models.listops import (
-    BinaryTreeClassifier,
-    DependencyTreeClassifier,
     GoldTreeClassifier,
+    LatentTreeClassifier,
     LSTMClassifier,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "listops"
 PATHS = sorted(CONFIGS.glob("*.yaml"))
 STRUCTURES = {
-    "dependency": (DependencyTreeClassifier, True),
-    "nonprojective": (DependencyTreeClassifier, False),
-    "constituency": (BinaryTreeClassifier, None),
+    "dependency": "projective",
+    "nonprojective": "nonprojective",
+    "constituency": "binary",
 }
 ESTIMATORS = {
     "sst": (GumbelSoftmax, None),
@@ -48,6 +47,11 @@ ESTIMATORS = {
     "reinforce-greedy": (Reinforce, GreedyBaseline),
     "reinforce-loo": (Reinforce, LeaveOneOutBaseline),
 }
+RECIPES = {
+    "dependency-ppo": (Reinforce, GreedyBaseline),
+    "dependency-ppo-curriculum": (Reinforce, GreedyBaseline),
+}
+"""Configs beyond the structure × estimator grid: the recipe that learns trees (docs/listops.md)."""
 BASELINES = {
     "lstm": LSTMClassifier,
     "gold-tree": GoldTreeClassifier,
@@ -72,7 +76,7 @@ def no_pytest_argv(monkeypatch) -> None:
 
 
 def test_the_catalogue_is_complete() -> None:
-    expected = {f"{s}-{e}" for s in STRUCTURES for e in ESTIMATORS} | set(BASELINES)
+    expected = {f"{s}-{e}" for s in STRUCTURES for e in ESTIMATORS} | set(BASELINES) | set(RECIPES)
     assert {p.stem for p in PATHS} == expected
 
 
@@ -98,11 +102,9 @@ def test_every_config_builds_what_its_name_says(path: Path, tmp_path, monkeypatc
             assert model.tree == ("binary" if path.stem.endswith("binary") else "dependency")
         return
     structure, estimator = _split(path.stem)
-    kind, projective = STRUCTURES[structure]
-    assert type(model) is kind
-    if projective is not None:
-        assert model.projective is projective
-    est, baseline = ESTIMATORS[estimator]
+    assert type(model) is LatentTreeClassifier
+    assert model.structure_name == STRUCTURES[structure]
+    est, baseline = RECIPES[path.stem] if path.stem in RECIPES else ESTIMATORS[estimator]
     assert type(model.estimator) is est
     if baseline is not None:
         assert type(model.estimator.baseline) is baseline
@@ -124,3 +126,27 @@ def test_every_config_runs_fast_dev_run_on_tiny_generated_data(
     tester = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     (tested,) = tester.test(cli.model, cli.datamodule, verbose=False)
     assert 0.0 <= tested["test/accuracy"] <= 1.0
+
+
+def test_a_variant_is_flags_on_one_config(tmp_path, monkeypatch) -> None:
+    """Structure, roots and composer are arguments: a non-projective multi-root variant with
+    a narrower composer is the recipe's config plus three flags, and the checkpoint keeps them."""
+    monkeypatch.chdir(tmp_path)
+    cli = ZooCLI(
+        [
+            "--config",
+            str(CONFIGS / "dependency-ppo.yaml"),
+            "--model.init_args.structure=nonprojective",
+            "--model.init_args.multiroot=true",
+            "--model.init_args.composer=DependencyComposer",
+            "--model.init_args.composer.init_args.hidden_dim=32",
+        ],
+        run=False,
+    )
+    model = cli.model
+    assert type(model) is LatentTreeClassifier
+    assert model.structure_name == "nonprojective" and model.multiroot
+    assert model.composer.node[0].out_features == 32
+    assert model.hparams["composer"]["init_args"]["hidden_dim"] == 32
+    q = model.posterior(collate(generate(3, seed=0, min_length=4, max_length=8)))
+    assert q.multiroot

@@ -5,6 +5,8 @@ r"""Callbacks: temperature annealing and pictures for TensorBoard.
   every tempered estimator of the model (nested ones included).
 * `SampleImages`: the model's pictures (reconstructions, prior samples,
   completions) as image grids in TensorBoard after every validation.
+* `LengthCurriculum`: training expressions up to a first length until a
+  validation metric passes a threshold, then up to the next length, ...
 * `ZooProgressBar`: Lightning's progress bar, drawn every N training steps
   but after every validation and test batch, so a slow evaluation (the test's
   importance-sampled likelihood with m = 1000) shows its time left.
@@ -25,7 +27,13 @@ from torch import Tensor
 from zoo.estimators import Estimator
 from zoo.models.components import image_grid
 
-__all__ = ["SampleImages", "TemperatureAnnealing", "ZooProgressBar", "tempered_estimators"]
+__all__ = [
+    "LengthCurriculum",
+    "SampleImages",
+    "TemperatureAnnealing",
+    "ZooProgressBar",
+    "tempered_estimators",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +142,84 @@ class TemperatureAnnealing(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initial_temperature = state_dict["initial_temperature"]
         self.last_update_step = state_dict["last_update_step"]
+
+
+class LengthCurriculum(L.Callback):
+    """Train on short inputs first: lengths ≤ ``lengths[0]`` until ``monitor`` ≥ ``threshold``, then ≤ ``lengths[1]``, ...
+
+    The datamodule must have a ``train_length_limit`` attribute that its
+    training batches obey (`zoo.data.listops.ListOpsDataModule`); the limit is
+    checked after every validation and logged as ``train/max_length``. The
+    stage reaches checkpoints, so a resumed run goes on at the same length.
+
+    Args:
+        lengths: increasing length limits; the last one is kept to the end.
+        monitor: the validation metric that decides when to move on.
+        threshold: the value of ``monitor`` (higher is better) that moves on.
+
+    Raises:
+        ValueError: no lengths, lengths not increasing or below 1.
+    """
+
+    def __init__(
+        self,
+        lengths: tuple[int, ...] = (30, 60, 100),
+        monitor: str = "val/accuracy",
+        threshold: float = 0.9,
+    ) -> None:
+        lengths = tuple(int(n) for n in lengths)
+        if (
+            not lengths
+            or lengths[0] < 1
+            or any(a >= b for a, b in zip(lengths[:-1], lengths[1:], strict=True))
+        ):
+            raise ValueError(f"lengths must be increasing integers ≥ 1, got {lengths!r}")
+        self.lengths, self.monitor, self.threshold = lengths, monitor, float(threshold)
+        self.stage = 0
+
+    @staticmethod
+    def _datamodule(trainer: L.Trainer) -> Any:
+        data = trainer.datamodule
+        if data is None or not hasattr(data, "train_length_limit"):
+            raise TypeError(
+                "LengthCurriculum needs a datamodule with a train_length_limit attribute "
+                f"(ListOpsDataModule), got {type(data).__name__}"
+            )
+        return data
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._datamodule(trainer).train_length_limit = self.lengths[self.stage]
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.stage + 1 >= len(self.lengths):
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise KeyError(
+                f"LengthCurriculum monitors {self.monitor!r}, which validation did not log; "
+                f"logged: {', '.join(sorted(trainer.callback_metrics)) or 'nothing'}"
+            )
+        if float(value) >= self.threshold:
+            self.stage += 1
+            self._datamodule(trainer).train_length_limit = self.lengths[self.stage]
+            log.info("LengthCurriculum: training on lengths ≤ %d", self.lengths[self.stage])
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
+            pl_module.log("train/max_length", float(self.lengths[self.stage]), on_step=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stage = int(state_dict["stage"])
 
 
 class SampleImages(L.Callback):

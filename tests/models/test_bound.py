@@ -30,7 +30,7 @@ from zoo.models import (
     CategoricalSBN,
     CategoricalVAE,
     ChainLatent,
-    DependencyTreeClassifier,
+    LatentTreeClassifier,
     NeuralHMMTagger,
 )
 from zoo.structures import Categorical
@@ -143,7 +143,7 @@ def test_the_bound_reference_is_only_for_bounds() -> None:
         lambda: BernoulliSBN(VIMCO(3), num_variables=5, input_dim=8),
         lambda: CategoricalSBN(VIMCO(3), num_variables=2, num_classes=3, input_dim=8),
         lambda: NeuralHMMTagger(VIMCO(3), num_tags=3, input_dim=10, embedding_dim=8, hidden_size=8),
-        lambda: DependencyTreeClassifier(VIMCO(3), hidden_dim=8),
+        lambda: LatentTreeClassifier(VIMCO(3), hidden_dim=8),
         lambda: M2(VIMCO(3), num_classes=3, latent_dim=2, input_dim=6, hidden_sizes=(8,)),
     ],
     ids=["bernoulli-sbn", "categorical-sbn", "hmm-tagger", "listops", "m2"],

@@ -40,7 +40,7 @@ from __future__ import annotations
 import gzip
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -452,10 +452,17 @@ class _BucketedBatches(torch.utils.data.Sampler[list[int]]):
     batches are mostly padding. Each epoch draws a new order from ``generator``.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        generator: torch.Generator,
+        limit: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self.lengths = torch.as_tensor(lengths)
         self.batch_size = batch_size
         self.generator = generator
+        self.limit = limit
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
@@ -471,7 +478,14 @@ class _BucketedBatches(torch.utils.data.Sampler[list[int]]):
                 chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
             ]
         for i in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[i]
+            # The length limit of a curriculum is read as each batch is drawn, so a
+            # change made at a validation takes effect within the epoch.
+            limit = self.limit()
+            batch = (
+                batches[i] if limit is None else [j for j in batches[i] if self.lengths[j] <= limit]
+            )
+            if batch:
+                yield batch
 
 
 class _LengthSortedBatches(torch.utils.data.Sampler[list[int]]):
@@ -525,6 +539,8 @@ class ListOpsDataModule(L.LightningDataModule):
             expressions of similar length (sorted within pools of 50 batches).
         eval_batch_size: expressions per validation and test batch (None: ``batch_size``);
             these batches group expressions of similar length.
+        test_max_length: test only on the expressions of the test file of at most this many
+            symbols (None: all); e.g. 100 for the protocol of Choi et al. (2018).
         max_eval_cubed: an evaluation batch stops growing before batch × N³ passes this
             (N its longest expression; 5·10⁷: one expression of 370 symbols, 50 of 100),
             which bounds the memory of the cubic tree programs on long expressions.
@@ -534,6 +550,10 @@ class ListOpsDataModule(L.LightningDataModule):
 
     The generated sets never contain an expression of the test file when that
     file is readable (the official training and test files are disjoint).
+
+    ``train_length_limit`` (None by default) drops training expressions longer
+    than it as batches are drawn: a length curriculum sets it during training
+    (`zoo.callbacks.LengthCurriculum`).
     """
 
     def __init__(
@@ -549,6 +569,7 @@ class ListOpsDataModule(L.LightningDataModule):
         max_depth: int = 20,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
+        test_max_length: int | None = None,
         max_eval_cubed: int = 50_000_000,
         num_workers: int = 0,
         seed: int = 0,
@@ -564,6 +585,10 @@ class ListOpsDataModule(L.LightningDataModule):
         if eval_batch_size is not None:
             _check_int("eval_batch_size", eval_batch_size, minimum=1)
         _check_int("max_eval_cubed", max_eval_cubed, minimum=1)
+        if test_max_length is not None:
+            _check_int("test_max_length", test_max_length, minimum=1)
+        self.test_max_length = test_max_length
+        self.train_length_limit: int | None = None
         _check_int("num_workers", num_workers, minimum=0)
         _check_int("seed", seed, minimum=None)
         self.max_eval_cubed = max_eval_cubed
@@ -603,7 +628,15 @@ class ListOpsDataModule(L.LightningDataModule):
                 f"no ListOps test file at {path} ({where}); give --data.test_file PATH to an "
                 f"official-format TSV (label<TAB>expression), e.g. test_d20s.tsv of nyu-mll/spinn"
             )
-        return read_tsv(path)
+        examples = read_tsv(path)
+        if self.test_max_length is not None:
+            examples = [e for e in examples if len(e.tokens) <= self.test_max_length]
+            if not examples:
+                raise ValueError(
+                    f"no expression of {path} has at most test_max_length="
+                    f"{self.test_max_length} symbols; raise test_max_length or set it to null"
+                )
+        return examples
 
     def setup(self, stage: str | None = None) -> None:
         test: list[ListOpsExample] | None = None
@@ -641,7 +674,9 @@ class ListOpsDataModule(L.LightningDataModule):
             if self._shuffle_generator is None:
                 self._shuffle_generator = torch.Generator().manual_seed(self.seed)
             lengths = [len(e.tokens) for e in dataset.examples]
-            sampler = _BucketedBatches(lengths, self.batch_size, self._shuffle_generator)
+            sampler = _BucketedBatches(
+                lengths, self.batch_size, self._shuffle_generator, lambda: self.train_length_limit
+            )
             return DataLoader(dataset, batch_sampler=sampler, **common)
         lengths = [len(e.tokens) for e in dataset.examples]
         sampler = _LengthSortedBatches(lengths, self.eval_batch_size, self.max_eval_cubed)

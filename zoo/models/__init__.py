@@ -11,8 +11,8 @@ from zoo.models.base import Batch, LatentVariableModel
 from zoo.models.components import MLP, bernoulli_nll, image_grid
 from zoo.models.latent import BernoulliLatent, CategoricalLatent, ChainLatent, Latent
 from zoo.models.listops import (
-    BinaryTreeClassifier,
-    DependencyTreeClassifier,
+    BinaryComposer,
+    DependencyComposer,
     GoldTreeClassifier,
     LatentTreeClassifier,
     ListOpsClassifier,
@@ -35,13 +35,13 @@ __all__ = [
     "BernoulliLatent",
     "BernoulliSBN",
     "BernoulliVAE",
-    "BinaryTreeClassifier",
+    "BinaryComposer",
     "CategoricalLatent",
     "CategoricalSBN",
     "CategoricalVAE",
     "ChainLatent",
     "ChainTagger",
-    "DependencyTreeClassifier",
+    "DependencyComposer",
     "GoldTreeClassifier",
     "InducedTagWriter",
     "LSTMClassifier",

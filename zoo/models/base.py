@@ -199,6 +199,23 @@ class LatentVariableModel(L.LightningModule):
             "and val_importance_samples=0"
         )
 
+    def diagnostics(
+        self, q: Structure, estimate: Estimate, batch: Batch, stage: str
+    ) -> dict[str, Tensor]:
+        """Detached scalars logged beside the loss on logging steps, ``{stage}/{name}``; none by default."""
+        return {}
+
+    def posterior_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters of q's network (the encoder of θ); what proximal updates move.
+
+        Empty by default: then every parameter with a gradient is stepped.
+        """
+        return []
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one group at ``lr`` by default."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def images(self, batch: Batch, num_images: int) -> dict[str, Tensor]:
         """Named picture batches ``(n, D)`` with values in [0, 1] (see `zoo.callbacks.SampleImages`)."""
         return {}
@@ -236,6 +253,7 @@ class LatentVariableModel(L.LightningModule):
             metrics["nll_iw"] = -self.importance_log_likelihood(q, batch, samples[stage]).mean()
         if stage == "train":
             metrics.update(estimate.stats)
+        metrics.update(self.diagnostics(q, estimate, batch, stage))
         batch_size = int(estimate.cost.shape[0])
         on_step = stage == "train"
         shown = self.bound_name if self.estimator.multi_sample_bound else self.objective_name
@@ -310,6 +328,47 @@ class LatentVariableModel(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        """The estimator's proximal steps, after the usual one (see `zoo.estimators.Reinforce`)."""
+        updates = getattr(self.estimator, "policy_updates", 1)
+        rollout = getattr(self.estimator, "rollout", None)
+        if updates > 1 and rollout is not None:
+            self.estimator.rollout = None
+            self.proximal_updates(batch, updates - 1, rollout)
+
+    def proximal_updates(self, batch: Batch, count: int, rollout: Any) -> None:
+        """``count`` optimizer steps of q's parameters on the estimator's clipped surrogate plus R(q).
+
+        Only q's network gets gradients (the cost is not evaluated again), so the
+        optimizer leaves every other parameter as it is. The steps clip gradients
+        as the trainer does, and under data-parallel training average them over
+        the ranks (the posterior is called outside DDP's forward).
+        """
+        optimizer = self.trainer.optimizers[0]
+        parameters = self.posterior_parameters() or [
+            p for p in self.parameters() if p.requires_grad
+        ]
+        world = self.trainer.world_size
+        for _ in range(count):
+            optimizer.zero_grad(set_to_none=True)
+            q = self.posterior(batch)
+            loss = (
+                self.estimator.clipped_surrogate(q, rollout) + self.regularizer(q, batch)
+            ).mean()
+            if not loss.requires_grad:  # q's network is frozen (a warm-up): nothing to step
+                return
+            loss.backward()
+            if world > 1:
+                for p in parameters:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad.div_(world)
+            clip = self.trainer.gradient_clip_val
+            if clip:
+                torch.nn.utils.clip_grad_norm_(parameters, float(clip))
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "val")
 
@@ -339,11 +398,11 @@ class LatentVariableModel(L.LightningModule):
     # ------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam, with the fused kernel where the device has one (faster; see ``bench/README.md``)."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        groups = self.parameter_groups()
         try:
-            return torch.optim.Adam(params, lr=self.lr, fused=True)
+            return torch.optim.Adam(groups, lr=self.lr, fused=True)
         except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-            return torch.optim.Adam(params, lr=self.lr)
+            return torch.optim.Adam(groups, lr=self.lr)
 
     # ------------------------------------------- TensorBoard hyperparameter tab
     def hparams_metric_names(self) -> list[str]:
