@@ -22,6 +22,7 @@ interleaved, the median of the samples (``*``: taken while other processes were 
 Run: python bench/listops_step.py                        # N = 30, 60, 100
      python bench/listops_step.py --compare-reference    # plus the old composer at N = 30, 60
      python bench/listops_step.py --sizes 30 --compare-reference --reference-sizes 30
+     python bench/listops_step.py --test-half dependency binary   # testing the whole half
 """
 
 from __future__ import annotations
@@ -140,6 +141,55 @@ def step_fn(structure: str, estimator: str, batch: dict[str, Tensor], reference:
     return step
 
 
+def test_half(structures: list[str]) -> None:
+    """Seconds to test an (untrained) model on the whole 5,000-line development half, one thread.
+
+    `Trainer.test` as ``train.py test`` runs it (length-sorted batches of 64 under
+    ``max_eval_cubed``), with the slowest batch: Lightning stops a test at the first
+    batch boundary after SIGTERM, so that batch bounds how long a SIGTERM waits.
+    """
+    import logging
+    import warnings
+
+    import lightning as L
+
+    from zoo.data.listops import ListOpsDataModule
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+    class Slowest(L.Callback):
+        def on_test_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+            self.start = time.perf_counter()
+
+        def on_test_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+            elapsed = time.perf_counter() - self.start
+            if elapsed > self.worst[0]:
+                self.worst = (elapsed, int(batch["x"].shape[0]), int(batch["lengths"].max()))
+
+    print(
+        "\n| model | test of the 5,000-line half, s | slowest batch, s (size, longest) | accuracy |"
+    )
+    print("|---|---|---|---|")
+    for structure in structures:
+        torch.manual_seed(0)
+        model = build_model(Reinforce(2, baseline=GreedyBaseline()), structure)
+        slowest = Slowest()
+        slowest.worst = (0.0, 0, 0)
+        trainer = L.Trainer(
+            logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[slowest]
+        )
+        data = ListOpsDataModule(num_train=0, num_val=0)
+        start = time.perf_counter()
+        (tested,) = trainer.test(model, data, verbose=False)
+        seconds, (worst, size, longest) = time.perf_counter() - start, slowest.worst
+        print(
+            f"| {structure} | {seconds:.0f} | {worst:.1f} ({size}, {longest}) | "
+            f"{100 * tested['test/accuracy']:.1f} % |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[30, 60, 100])
@@ -153,8 +203,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5, help="samples per row (at most)")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of samples per row")
+    parser.add_argument(
+        "--test-half", nargs="*", choices=["dependency", "binary"], default=None,
+        help="instead: time testing on the whole development half (default: dependency)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.test_half is not None:
+        test_half(args.test_half or ["dependency"])
+        return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {BATCH}\n")
     print("| N | tree | estimator | ms per step [min–max] | × dependency | × binary |")
