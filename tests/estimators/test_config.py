@@ -56,6 +56,10 @@ def test_config_holds_every_argument_nested_baselines_included() -> None:
                 "class_path": "zoo.estimators.baselines.MovingAverageBaseline",
                 "init_args": {"decay": 0.5},
             },
+            "normalize_advantages": False,
+            "normalization_decay": 0.9,
+            "policy_updates": 1,
+            "clip_ratio": 0.2,
         },
     }
 
