@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
 
@@ -88,6 +89,22 @@ def test_config_names_what_it_builds(path: Path) -> None:
         assert spec["init_args"]["baseline"]["class_path"].rsplit(".", 1)[1] == baseline.__name__
 
 
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIGS if p.stem.startswith("hmm-") and "marginal" not in p.stem],
+    ids=lambda p: p.stem,
+)  # fmt: skip
+def test_hmm_configs_default_to_the_recipe(path: Path) -> None:
+    """Warm-up on −log p(x), then the HMM kept on −log p(x) and q on the estimator; τ = 0.5."""
+    config = yaml.safe_load(path.read_text())
+    args = config["model"]["init_args"]
+    assert args["warmup_steps"] > 0
+    assert args["warmup_posterior"] == "distill"
+    assert args["generative_objective"] == "marginal"
+    temperature = args["estimator"].get("init_args", {}).get("temperature")
+    assert temperature in (None, 0.5)
+    assert not config["trainer"]["callbacks"]  # no annealing of τ
+
+
 @pytest.mark.skipif(not HAS_EWT, reason="UD English EWT not found under data/")
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_runs_fast_dev_run_on_a_limited_ewt(path: Path, tmp_path, monkeypatch) -> None:
@@ -124,3 +141,25 @@ def test_synthetic_group_file_fit_test_and_predict(tmp_path, monkeypatch) -> Non
     blocks = out.read_text().strip().split("\n\n")
     assert len(blocks) == 200  # the test split
     assert blocks[0].splitlines()[0].split("\t")[9].startswith("Tag=")
+
+
+@pytest.mark.parametrize("name", ["hmm-gumbel-crf", "hmm-reinforce-loo"])
+def test_the_recipe_runs_both_stages_from_one_fit(name: str, tmp_path, monkeypatch) -> None:
+    """One ``train.py fit --config``: warm-up steps, then the estimator's stage (synthetic data)."""
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "configs" / "tagger" / f"{name}.yaml"
+    data = ROOT / "configs" / "data" / "hmm-synthetic.yaml"
+    args = ["--config", str(config), "--config", str(data), "--model.num_tags=5",
+            "--model.gold_tags=[states]", "--data.num_train=64", "--model.warmup_steps=2",
+            "--trainer.max_steps=4", "--trainer.log_every_n_steps=1", *SMALL, *quiet_trainer_args()]  # fmt: skip
+    seen = []
+
+    class Stages(L.Callback):
+        def on_train_batch_end(self, trainer, model, outputs, batch, batch_idx) -> None:
+            seen.append(float(trainer.callback_metrics["train/stage"]))
+
+    cli = ZooCLI(args, run=False)
+    cli.trainer.callbacks.append(Stages())
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert seen == [0.0, 0.0, 1.0, 1.0]
+    assert float(cli.trainer.callback_metrics["train/kl_token"]) > 0

@@ -73,8 +73,12 @@ __all__ = [
     "MarginalExpectation",
     "MarginalLikelihoodHMM",
     "NeuralHMMTagger",
+    "WORD_FEATURES",
+    "WordEmbedding",
+    "chain",
     "chain_potentials",
     "chain_tags",
+    "word_features",
 ]
 
 Batch = dict[str, Any]
@@ -99,20 +103,26 @@ def chain_potentials(unary: Tensor, transition: Tensor, start: Tensor, lengths: 
     batch, size, tags = unary.shape
     steps = torch.arange(size, device=unary.device)
     last = (lengths - 1).unsqueeze(-1)  # (B, 1)
-    inner = transition.unsqueeze(-3) + unary[:, 1:].unsqueeze(-1)  # (B, N-1, C', C)
-    inner = torch.cat([inner, inner.new_zeros(batch, 1, tags, tags)], dim=1)
-    inner = torch.where((steps < last)[..., None, None], inner, 0.0)
+    # Three full-size (B, N, C, C) operations; everything else is (B, N, C) or smaller.
+    following = F.pad(unary[:, 1:], (0, 0, 0, 1))  # (B, N, C): unary[n + 1]
+    first = F.pad((unary[:, 0] + start).unsqueeze(1), (0, 0, 0, size - 1))  # (B, N, C): at n = 0
     end = torch.full((tags, 1), -math.inf, dtype=unary.dtype, device=unary.device)
     end[0] = 0.0
-    theta = torch.where((steps == last)[..., None, None], end, inner)
-    first = (unary[:, 0] + start).unsqueeze(-2)  # (B, 1, C): onto θ[0, :, c]
-    return torch.cat([theta[:, :1] + first.unsqueeze(1), theta[:, 1:]], dim=1)
+    tail = torch.where((steps == last)[..., None, None], end, 0.0)  # (B, N, C, 1)
+    inner = transition.unsqueeze(-3) + following.unsqueeze(-1)  # (B, N, C', C)
+    theta = torch.where((steps < last)[..., None, None], inner, tail)
+    return theta + first.unsqueeze(-2)
 
 
-def chain(theta: Tensor, lengths: Tensor) -> LinearChainCRF:
-    """The `LinearChainCRF` of potentials from `chain_potentials`."""
+def chain(theta: Tensor, lengths: Tensor, cached: bool = False) -> LinearChainCRF:
+    """The `LinearChainCRF` of potentials from `chain_potentials`.
+
+    ``cached``: one forward-backward pass serves log Z, the marginals, the
+    entropy and the samples (`Structure.cached`), for a step that asks for several.
+    """
     # No NaN check (a device sync per step): a NaN here shows as a NaN loss.
-    return LinearChainCRF(theta, lengths=lengths + 1, validate_args=False)
+    q = LinearChainCRF(theta, lengths=lengths + 1, validate_args=False)
+    return q.cached() if cached else q
 
 
 def chain_tags(z: Tensor) -> Tensor:
@@ -147,25 +157,73 @@ class MarginalExpectation(Estimator):
 
 
 # ----------------------------------------------------------------------------- parts
+def _shape(word: str) -> str:
+    """The word's shape: character classes (A a 0, punctuation kept), runs collapsed: 'Aa-a', '0.0'."""
+    out = []
+    for ch in word:
+        kind = "A" if ch.isupper() else "a" if ch.isalpha() else "0" if ch.isdigit() else ch
+        if not out or out[-1] != kind:
+            out.append(kind)
+    return "".join(out)[:8]
+
+
+WORD_FEATURES = ("suffix1", "suffix2", "suffix3", "prefix2", "shape", "length")
+"""The spelling features of `word_features`, one bucket id each."""
+
+
+def word_features(words: Sequence[str], buckets: int) -> Tensor:
+    """``(V, 6)`` ids in [1, buckets) of each word's spelling features (`WORD_FEATURES`).
+
+    Suffixes of 1–3 characters, the 2-character prefix, the shape (`_shape`) and
+    the length (capped at 12), each hashed with CRC-32 (reproducible across
+    processes) into one shared table; 0 is left for the words without
+    spelling (``<pad>``, ``<unk>``), which get no features.
+    """
+    import zlib
+
+    rows = []
+    for word in words:
+        if word.startswith("<") and word.endswith(">") and len(word) > 2:
+            rows.append([0] * len(WORD_FEATURES))
+            continue
+        keys = (f"s1:{word[-1:]}", f"s2:{word[-2:]}", f"s3:{word[-3:]}", f"p2:{word[:2]}",
+                f"sh:{_shape(word)}", f"len:{min(len(word), 12)}")  # fmt: skip
+        rows.append([1 + zlib.crc32(k.encode()) % (buckets - 1) for k in keys])
+    return torch.tensor(rows, dtype=torch.long).reshape(len(words), len(WORD_FEATURES))
+
+
 class WordEmbedding(nn.Module):
-    """Word vectors, optionally plus a character CNN over each word (Tran et al. 2016, §3.2).
+    """Word vectors, optionally plus a character CNN (Tran et al. 2016, §3.2) and spelling features.
+
+    e(v) = w_v [+ max-pooled character CNN of v] [+ Σ_f g_{f(v)} over the spelling
+    features of `word_features`: suffixes, prefix, shape, length, as in the
+    feature HMMs of Berg-Kirkpatrick et al. 2010]. The tables of characters and
+    feature ids are buffers, filled from the data by the model's ``setup``.
 
     Args:
         vocab_size: V.
         dim: width of the vectors.
         num_chars: size of the character vocabulary (0: no character CNN).
         max_word_length: characters per word in the ``chars`` tables.
+        feature_buckets: size of the hashed table of spelling features (0: none).
     """
 
-    def __init__(self, vocab_size: int, dim: int, num_chars: int = 0, max_word_length: int = 20):
+    def __init__(self, vocab_size: int, dim: int, num_chars: int = 0, max_word_length: int = 20,
+                 feature_buckets: int = 0):  # fmt: skip
         super().__init__()
         self.words = nn.Embedding(vocab_size, dim)
         self.num_chars = num_chars
+        self.feature_buckets = feature_buckets
         if num_chars > 0:
             self.chars = nn.Embedding(num_chars, dim, padding_idx=0)
             self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1)
             self.register_buffer(
                 "word_chars", torch.zeros(vocab_size, max_word_length, dtype=torch.long)
+            )
+        if feature_buckets > 0:
+            self.features = nn.Embedding(feature_buckets, dim, padding_idx=0)
+            self.register_buffer(
+                "word_features", torch.zeros(vocab_size, len(WORD_FEATURES), dtype=torch.long)
             )
 
     def forward(self, ids: Tensor | None = None) -> Tensor:
@@ -176,6 +234,10 @@ class WordEmbedding(nn.Module):
             h = self.conv(self.chars(chars).transpose(1, 2)).transpose(1, 2)  # (V, W, dim)
             h = h.masked_fill((chars == 0).unsqueeze(-1), -math.inf).amax(1)
             table = table + torch.where(torch.isfinite(h), h, 0.0).tanh()
+        if self.feature_buckets > 0:
+            bag = F.embedding_bag(self.word_features, self.features.weight, mode="sum",
+                                  padding_idx=0)  # fmt: skip
+            table = table + bag  # Σ_f g_{f(v)}, (V, dim)
         return table if ids is None else F.embedding(ids, table)
 
 
@@ -188,17 +250,18 @@ class HMMEmission(nn.Module):
         dim: width of the tag and word embeddings.
         num_chars: character vocabulary of the character-aware word vectors (0: none).
         max_word_length: characters per word.
+        feature_buckets: hashed spelling features in the word vectors (0: none; `WordEmbedding`).
     """
 
     linear = True
     """−log p(x | z) is linear in z: `MarginalExpectation` is exact for it."""
 
     def __init__(self, num_tags: int, vocab_size: int, dim: int, num_chars: int = 0,
-                 max_word_length: int = 20) -> None:  # fmt: skip
+                 max_word_length: int = 20, feature_buckets: int = 0) -> None:  # fmt: skip
         super().__init__()
         self.tags = nn.Parameter(torch.randn(num_tags, dim) * 0.1)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
-        self.words = WordEmbedding(vocab_size, dim, num_chars, max_word_length)
+        self.words = WordEmbedding(vocab_size, dim, num_chars, max_word_length, feature_buckets)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def log_probs(self) -> Tensor:
@@ -391,8 +454,14 @@ class ChainTagger(LatentVariableModel):
         steps = torch.arange(batch["x"].shape[1], device=batch["x"].device)
         return steps < batch["lengths"].unsqueeze(-1)
 
+    share_inference = True
+    """Whether q memoizes its exact queries for the step (`Structure.cached`): the estimator's
+    marginals or samples and the KL's entropy and marginals then come from one forward-backward
+    pass. False runs a pass per query (the behaviour before; ``bench/tagger_step.py``)."""
+
     def posterior(self, batch: Batch) -> LinearChainCRF:
-        return chain(self.encoder(batch["x"], batch["lengths"]), batch["lengths"])
+        theta = self.encoder(batch["x"], batch["lengths"])
+        return chain(theta, batch["lengths"], cached=self.share_inference)
 
     def cost(self, z: Tensor, batch: Batch) -> Tensor:
         """−log p(x | z): z ``(S, B, N, C, C)`` → ``(S, B)``."""
@@ -400,7 +469,26 @@ class ChainTagger(LatentVariableModel):
 
     def regularizer(self, q: Structure, batch: Batch) -> Tensor:
         """KL(q ‖ p(z)) = −H(q) − ⟨μ_q, θ_prior⟩, ``(B,)``, exact."""
-        return _at_least_zero(-q.entropy() - _inner(q.marginals(), self.prior_potentials(batch)))
+        if not self.share_inference:  # as before: θ_prior built in full (bench/tagger_step.py)
+            return _at_least_zero(
+                -q.entropy() - _inner(q.marginals(), self.prior_potentials(batch))
+            )
+        return _at_least_zero(-q.entropy() - self.prior_expectation(q.marginals(), batch))
+
+    def prior_expectation(
+        self, mu: Tensor, batch: Batch, prior: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """E_q[log p(z)] = ⟨μ, θ_prior⟩, ``(B,)``, without building θ_prior.
+
+        = Σ_{n < L−1} ⟨μ_n, log A⟩ + ⟨tags of word 0, log π⟩: the pair marginals of the
+        real transitions summed over positions first (the virtual end scores 0).
+        ``prior``: (log π, log A) to use instead of `prior_parameters`.
+        """
+        start, transition = self.prior_parameters() if prior is None else prior
+        steps = torch.arange(mu.shape[-3], device=mu.device)
+        real = (steps < (batch["lengths"] - 1).unsqueeze(-1)).to(mu.dtype)  # (B, N)
+        pairs = torch.einsum("...ncd,...n->...cd", mu, real)  # (*, C', C)
+        return (pairs * transition).sum((-2, -1)) + (mu[..., 0, :, :].sum(-2) * start).sum(-1)
 
     def log_weights(self, q: Structure, batch: Batch, num_samples: int) -> Tensor:
         """log p(x | z) + log p(z) − log q(z | x) for z ∼ q, ``(m, B)``."""
@@ -418,18 +506,38 @@ class ChainTagger(LatentVariableModel):
         return torch.where(self.mask(batch), tags, -1)
 
     # ------------------------------------------------------------------ the step
+    _auxiliary: Tensor | None = None
+    """``(B,)`` loss terms of a training recipe beyond the −ELBO (set by ``terms``), or None."""
+    _recipe_logs: dict[str, Tensor] | None = None
+
+    def forward(self, batch: Batch) -> Tensor:
+        """``(B,)`` per-example loss: the −ELBO, plus a recipe's own terms in training."""
+        self._auxiliary = None
+        _, estimate, kl = self.terms(batch)
+        loss = estimate.objective + kl
+        return loss if self._auxiliary is None else loss + self._auxiliary
+
     def _step(self, batch: Batch, stage: str) -> Tensor:
+        self._auxiliary, self._recipe_logs = None, None
         q, estimate, kl = self.terms(batch)
-        loss = (estimate.objective + kl).mean()
+        elbo = estimate.objective + kl
+        loss = (elbo if self._auxiliary is None else elbo + self._auxiliary).mean()
         if stage == "train" and not self._logs_this_step():
             return loss
         batch_size = int(batch["lengths"].shape[0])
         metrics = {
-            self.objective_name: loss.detach(),
+            self.objective_name: elbo.detach().mean(),
             self.cost_name: estimate.cost.mean(),
             self.regularizer_name: kl.detach().mean(),
         }
+        with torch.no_grad():
+            tokens = batch["lengths"].to(kl.dtype)
+            metrics["kl_token"] = (kl.detach() / tokens).mean()
+            metrics["entropy_token"] = (q.entropy() / tokens).mean()
+        if self._recipe_logs:
+            metrics.update(self._recipe_logs)
         if stage == "train":
+            metrics["loss"] = loss.detach()
             metrics.update(estimate.stats)
         else:
             samples = self.val_importance_samples if stage == "val" else self.num_importance_samples
@@ -550,8 +658,23 @@ class ChainTagger(LatentVariableModel):
         return names
 
     def setup(self, stage: str) -> None:
-        """Copies the vocabulary's characters from the datamodule into character-aware emissions."""
+        """Copies the vocabulary's characters (and spelling features) from the datamodule into
+        character-aware (feature-aware) emissions."""
         words = getattr(self.decoder, "words", None)
+        if isinstance(words, WordEmbedding) and words.feature_buckets > 0:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            vocabulary = getattr(datamodule, "vocabulary", None)
+            if vocabulary is None:
+                raise ValueError(
+                    "emission_features needs a datamodule with a vocabulary (zoo.data.ud, zoo.data.hmm)"
+                )
+            if len(vocabulary.items) != words.word_features.shape[0]:
+                raise ValueError(
+                    f"emission_features: the data has {len(vocabulary.items)} words, the model "
+                    f"{words.word_features.shape[0]} (input_dim)"
+                )
+            table = word_features(vocabulary.items, words.feature_buckets)
+            words.word_features.copy_(table.to(words.word_features.device))
         if isinstance(words, WordEmbedding) and words.num_chars > 0:
             datamodule = getattr(self.trainer, "datamodule", None)
             table = getattr(datamodule, "word_chars", None)
@@ -594,6 +717,29 @@ class NeuralHMMTagger(ChainTagger):
         num_importance_samples: m of ``test/nll_iw`` (0: skip; ``test/nll`` is exact anyway).
         val_importance_samples: the same for ``val/nll_iw``.
         importance_chunk_size: samples drawn at once for it.
+        warmup_steps: training steps of the warm-up stage (0: none): the HMM (emissions and
+            prior) trains on −log p(x), as `MarginalLikelihoodHMM`, and q on
+            ``warmup_posterior``; the estimator is not used.
+        warmup_posterior: what q learns in the warm-up: ``"distill"``, KL(p(z | x) ‖ q) toward
+            the HMM's exact posterior (exact, no sampling); ``"frozen"``, nothing.
+        generative_objective: what trains the HMM after the warm-up: ``"elbo"`` the −ELBO (a
+            VAE; with the estimator's gradient for the emissions), ``"marginal"`` −log p(x)
+            alone (the −ELBO then trains q only: the HMM cannot drift to ignore z, the
+            posterior collapse of the sampled estimators), ``"both"`` their sum.
+        posterior_kl_weight: w ≥ 0 of w · KL(p(z | x) ‖ q) added for q after the warm-up: a
+            pull toward the HMM's own posterior, whatever the estimator.
+        emission_features: buckets of hashed spelling features (suffixes of 1–3 characters,
+            a prefix, the shape, the length: `word_features`) added to the emissions' word
+            vectors; 0: none. The emissions stay a softmax over the vocabulary, so log p(x)
+            stays exact. Works with ``char_emission``.
+
+    **Stages.** With ``warmup_steps`` the loss switches at that training step: before it
+    −log p(x) + KL(p(z | x) ‖ q) (``train/stage`` 0), after it the −ELBO through the
+    estimator plus the terms ``generative_objective`` and ``posterior_kl_weight`` ask for
+    (``train/stage`` 1). Validation and test always report the −ELBO of q. Logged beside
+    it: ``kl_token`` and ``entropy_token`` (KL(q ‖ p(z)) and H(q) per word: collapse shows
+    as both near 0 and log C), ``distill`` (KL(p(z | x) ‖ q) per sentence) and, in
+    training, ``loss`` (what is minimized) and ``nll_train`` (−log p(x)).
 
     Example:
         >>> model = NeuralHMMTagger(MarginalExpectation(), num_tags=3, input_dim=10,
@@ -622,6 +768,11 @@ class NeuralHMMTagger(ChainTagger):
         num_importance_samples: int = 0,
         val_importance_samples: int = 0,
         importance_chunk_size: int = 100,
+        warmup_steps: int = 0,
+        warmup_posterior: str = "distill",
+        generative_objective: str = "elbo",
+        posterior_kl_weight: float = 0.0,
+        emission_features: int = 0,
     ) -> None:
         super().__init__(
             estimator,
@@ -637,9 +788,104 @@ class NeuralHMMTagger(ChainTagger):
             val_importance_samples=val_importance_samples,
             importance_chunk_size=importance_chunk_size,
         )
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer ≥ 0, got {warmup_steps!r}")
+        if warmup_posterior not in ("distill", "frozen"):
+            raise ValueError(
+                f"warmup_posterior must be 'distill' or 'frozen', got {warmup_posterior!r}"
+            )
+        if generative_objective not in ("elbo", "marginal", "both"):
+            raise ValueError(
+                "generative_objective must be 'elbo', 'marginal' or 'both', "
+                f"got {generative_objective!r}"
+            )
+        if (
+            isinstance(emission_features, bool)
+            or not isinstance(emission_features, int)
+            or emission_features < 0
+            or emission_features == 1
+        ):
+            raise ValueError(
+                f"emission_features must be 0 (none) or an integer ≥ 2, got {emission_features!r}"
+            )
+        if not float(posterior_kl_weight) >= 0:
+            raise ValueError(f"posterior_kl_weight must be ≥ 0, got {posterior_kl_weight!r}")
+        self.warmup_steps = warmup_steps
+        self.warmup_posterior = warmup_posterior
+        self.generative_objective = generative_objective
+        self.posterior_kl_weight = float(posterior_kl_weight)
         self.decoder = HMMEmission(
-            num_tags, input_dim, embedding_dim, num_chars if char_emission else 0, max_word_length
+            num_tags,
+            input_dim,
+            embedding_dim,
+            num_chars if char_emission else 0,
+            max_word_length,
+            emission_features,
         )
+
+    # ------------------------------------------------------------------ the recipe
+    def in_warmup(self) -> bool:
+        """Whether this is a training step of the warm-up stage."""
+        if not self.training or self.warmup_steps == 0:
+            return False
+        try:
+            return self.trainer.global_step < self.warmup_steps
+        except RuntimeError:  # not attached to a trainer: the main stage
+            return False
+
+    def _plain(self) -> bool:
+        """Whether this step is the plain −ELBO (no recipe term applies)."""
+        return not self.training or (
+            not self.in_warmup()
+            and self.generative_objective == "elbo"
+            and self.posterior_kl_weight == 0
+        )
+
+    def terms(self, batch: Batch) -> tuple[Structure, Estimate, Tensor]:
+        """q, the estimate of E_q[−log p(x | z)] and KL(q ‖ p(z)); a recipe's terms in ``_auxiliary``."""
+        if self._plain():
+            return super().terms(batch)
+        x, lengths, mask = batch["x"], batch["lengths"], self.mask(batch)
+        warm = self.in_warmup()
+        q = self.posterior(batch)
+        unary = self.decoder.unary(x, mask)  # log B(·, x_n), (B, N, C)
+        start, transition = self.prior_parameters()
+        exact = chain(chain_potentials(unary, transition, start, lengths), lengths, cached=True)
+        log_px = exact.log_partition()  # the forward algorithm: log p(x), (B,)
+        if warm and self.warmup_posterior == "frozen":
+            q = chain(q.log_potentials.detach(), lengths, cached=True)
+        logs = {"stage": torch.tensor(0.0 if warm else 1.0), "nll_train": -log_px.detach().mean()}
+        distill = None
+        if warm or self.posterior_kl_weight > 0 or self._logs_this_step():
+            with torch.no_grad():
+                mu_p = exact.marginals()  # p(z | x)'s marginals
+                entropy_p = log_px - _inner(mu_p, exact.log_potentials)
+            # KL(p(z | x) ‖ q) = A_q − ⟨μ_p, θ_q⟩ − H(p), with p fixed (q's gradient only).
+            distill = _at_least_zero(q.log_partition() - _inner(mu_p, q.log_potentials) - entropy_p)
+            logs["distill"] = distill.detach().mean()
+        self._recipe_logs = logs
+        if warm:
+            # −log p(x) as the HMM's loss, split into its exact recon and KL for the logs.
+            with torch.no_grad():
+                recon = -(chain_tags(mu_p) * unary).sum((-2, -1))
+            estimate = Estimate(z=mu_p.unsqueeze(0), cost=recon, surrogate=-log_px)
+            self._auxiliary = distill if self.warmup_posterior == "distill" else None
+            return q, estimate, (-log_px - recon).detach().clamp(min=0.0)
+        if self.generative_objective == "marginal":  # the −ELBO trains q alone
+            unary, start, transition = unary.detach(), start.detach(), transition.detach()
+
+        def cost(z: Tensor) -> Tensor:
+            return -(chain_tags(z) * unary).sum((-2, -1))
+
+        estimate = self.estimator(q, cost)
+        kl = _at_least_zero(
+            -q.entropy() - self.prior_expectation(q.marginals(), batch, (start, transition))
+        )
+        auxiliary = -log_px if self.generative_objective != "elbo" else torch.zeros_like(log_px)
+        if self.posterior_kl_weight > 0 and distill is not None:
+            auxiliary = auxiliary + self.posterior_kl_weight * distill
+        self._auxiliary = auxiliary
+        return q, estimate, kl
 
     def joint_potentials(self, batch: Batch) -> Tensor:
         """θ of p(x, z) as a chain, ``(B, N, C, C)``: ⟨z, θ⟩ = log p(x, z)."""
@@ -684,6 +930,7 @@ class MarginalLikelihoodHMM(NeuralHMMTagger):
         num_importance_samples: int = 0,
         val_importance_samples: int = 0,
         importance_chunk_size: int = 100,
+        emission_features: int = 0,
     ) -> None:
         super().__init__(
             MarginalExpectation() if estimator is None else estimator,
@@ -701,6 +948,7 @@ class MarginalLikelihoodHMM(NeuralHMMTagger):
             num_importance_samples=num_importance_samples,
             val_importance_samples=val_importance_samples,
             importance_chunk_size=importance_chunk_size,
+            emission_features=emission_features,
         )
         del self.encoder  # q is the HMM's posterior: no parameters of its own
 
@@ -709,7 +957,7 @@ class MarginalLikelihoodHMM(NeuralHMMTagger):
 
     def terms(self, batch: Batch) -> tuple[Structure, Estimate, Tensor]:
         """−log p(x) as the loss; recon and KL (detached) as its exact split."""
-        q = self.exact_posterior(batch)
+        q = chain(self.joint_potentials(batch), batch["lengths"], cached=self.share_inference)
         nll = -q.log_partition()
         with torch.no_grad():
             mu = q.marginals()

@@ -14,6 +14,18 @@ argmax_z ⟨θ, z⟩:
 * entropy H(q) = A(θ) - ⟨θ, μ⟩,
 * KL(p ‖ q) = A(θ_q) - A(θ_p) - ⟨μ_p, θ_q - θ_p⟩ (registered with `register_kl`).
 
+**One pass for several queries.** A model that asks one structure for more
+than one of A(θ), μ and H (a KL from the entropy and the marginals, an
+estimator that also wants the marginals) calls `Structure.cached` once: the
+instance then memoizes `log_partition`, `marginals` and `entropy` (for
+every structure, the subclasses' own versions included), so μ comes from one
+backward of the one A(θ) and H from that A(θ) and μ; a structure with a
+joint pass (`LinearChainCRF`: one forward-backward gives all three) fills
+all three at once. The memoized tensors keep their autograd graph, gradients
+(second order included) are those of the separate calls, and a step that
+backpropagates once through them costs one pass. A structure not asked to
+cache computes every query afresh, as before.
+
 A subclass sets `event_dim`, writes `log_partition` and `argmax` (and, where it
 can, an exact `sample` and `enumerate_support`), and gets the rest. Every
 method accepts any number of leading batch dimensions, which is how the
@@ -37,6 +49,28 @@ from torch.distributions import Distribution, constraints, register_kl
 from zoo.structures.noise import gumbel_noise
 
 __all__ = ["Structure", "sequence_mask"]
+
+_MEMOIZED = ("log_partition", "marginals", "entropy")
+"""The exact queries a `Structure.cached` instance computes once (per grad mode)."""
+
+
+def _memoized(name: str, method: Any) -> Any:
+    """``method`` looked up in, and stored into, the instance's memo when it has one."""
+
+    def wrapper(self: Structure) -> Tensor:
+        memo = self._memo
+        if memo is None:
+            return method(self)
+        key = (name, torch.is_grad_enabled())
+        if key not in memo:
+            memo[key] = method(self)
+        return memo[key]
+
+    wrapper.__name__ = method.__name__
+    wrapper.__qualname__ = method.__qualname__
+    wrapper.__doc__ = method.__doc__
+    wrapper.__wrapped__ = method  # type: ignore[attr-defined]
+    return wrapper
 
 
 def sequence_mask(lengths: Tensor, size: int) -> Tensor:
@@ -120,6 +154,17 @@ class Structure(Distribution):
     has_rsample = True
     has_enumerate_support = True
 
+    _memo: dict[tuple[str, bool], Any] | None = None
+    """What `cached` keeps: ``{(query, grad enabled): result}``; None: nothing is kept."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Every structure's own exact queries go through the memo (a no-op unless `cached`).
+        for name in _MEMOIZED:
+            method = cls.__dict__.get(name)
+            if method is not None and not hasattr(method, "__wrapped__"):
+                setattr(cls, name, _memoized(name, method))
+
     def __init__(
         self,
         log_potentials: Tensor,
@@ -198,6 +243,35 @@ class Structure(Distribution):
                     f"{name}: lengths must lie in [1, {n}], got values from {low} to {high}"
                 )
         return lengths
+
+    def cached(self) -> Structure:
+        """This structure, memoizing `log_partition`, `marginals` and `entropy`; returns ``self``.
+
+        For a model that asks for more than one of them per step (a KL from H and
+        μ, an estimator that wants μ as well): each is computed once per grad
+        mode, μ from the backward of the memoized A(θ), H from A(θ) and μ, or
+        all three from one joint pass where the structure has one
+        (`LinearChainCRF`). The memoized tensors keep their graph, so gradients
+        are those of separate calls; a graph that has been backpropagated (and
+        freed) cannot be reused, so cache a structure for one step, not longer.
+        New structures made from this one (`with_potentials`, indexing) start
+        uncached.
+        """
+        if self._memo is None:
+            self._memo = {}
+        return self
+
+    def _memo_get(self, name: str) -> Tensor | None:
+        """The memoized result of ``name`` in the current grad mode, or None."""
+        memo = self._memo
+        return None if memo is None else memo.get((name, torch.is_grad_enabled()))
+
+    def _memo_put(self, **results: Tensor) -> None:
+        """Store results (by query name) for the current grad mode; a no-op uncached."""
+        if self._memo is not None:
+            grad = torch.is_grad_enabled()
+            for name, value in results.items():
+                self._memo.setdefault((name, grad), value)
 
     def _extra_args(self) -> dict[str, Any]:
         """Constructor arguments beyond θ and lengths (flags such as multiroot)."""
@@ -327,6 +401,10 @@ class Structure(Distribution):
         log_z = self.log_partition()
         h = _at_least_zero(log_z - self.score(self.marginals()))
         return torch.where(log_z == -math.inf, 0.0, h)
+
+    for _name in _MEMOIZED:
+        locals()[_name] = _memoized(_name, locals()[_name])
+    del _name
 
     @property
     def mean(self) -> Tensor:

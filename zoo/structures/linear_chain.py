@@ -367,13 +367,33 @@ class LinearChainCRF(ChartStructure):
         single = (lengths == 1) if lengths is not None else torch.tensor(num == 0)
         return torch.where(single.to(theta.device), 0.0, value)  # L = 1: the only z is 0
 
-    def log_partition(self) -> Tensor:
-        """A(θ) ``(*batch)``: 0 at L = 1, -inf where every path uses a forbidden transition."""
-        theta, pad, single = self._setup()
-        alpha = _filter(theta, pad)  # N = 1 (no transitions) is a single chain of length 1
+    def _alpha(self, theta: Tensor, pad: Tensor | None) -> Tensor:
+        """The forward recursion of flat θ, memoized on a `cached` structure.
+
+        Only for θ as `_setup` gives it (the memo belongs to the instance's own θ);
+        without gradients a memoized differentiable α is reused detached.
+        """
+        if self._memo is None:
+            return _filter(theta, pad)
+        alpha = self._memo_get("alpha")
+        if alpha is None and not torch.is_grad_enabled():
+            alpha = self._memo.get(("alpha", True))
+            alpha = None if alpha is None else alpha.detach()
+        if alpha is None:
+            alpha = _filter(theta, pad)
+            self._memo_put(alpha=alpha)
+        return alpha
+
+    def _log_partition_from(self, alpha: Tensor, single: Tensor) -> Tensor:
         last, empty = _safe_last(alpha, single)
         log_z = torch.where(empty, -math.inf, torch.logsumexp(last, dim=-1))
         return self._unflat(torch.where(single, 0.0, log_z))
+
+    def log_partition(self) -> Tensor:
+        """A(θ) ``(*batch)``: 0 at L = 1, -inf where every path uses a forbidden transition."""
+        theta, pad, single = self._setup()
+        # N = 1 (no transitions) is a single chain of length 1
+        return self._log_partition_from(self._alpha(theta, pad), single)
 
     def _forward_backward(
         self, theta: Tensor, pad: Tensor | None, single: Tensor, keep: bool
@@ -385,7 +405,7 @@ class LinearChainCRF(ChartStructure):
             conditionals log q(y_n = c | y_{n+1} = c') ``(B, M, C, C)`` (None
             unless ``keep``) and the last position's log posterior ``(B, C)``.
         """
-        alpha = _filter(theta, pad)
+        alpha = self._alpha(theta, pad)
         safe, empty = _safe_last(alpha, single)
         log_last = torch.log_softmax(safe, dim=-1)
         # A length-1 chain has no transitions, an empty support no mass: zero
@@ -406,6 +426,8 @@ class LinearChainCRF(ChartStructure):
         theta, pad, single = self._setup()
         if theta.shape[1] == 0:
             return torch.zeros_like(self.log_potentials)
+        if self._memo is not None:
+            return self._unflat(self._shared_pass()[0])
         return self._unflat(self._forward_backward(theta, pad, single, keep=False)[0])
 
     def entropy(self) -> Tensor:
@@ -413,14 +435,35 @@ class LinearChainCRF(ChartStructure):
         theta, pad, single = self._setup()
         if theta.shape[1] == 0:
             return self._unflat(theta.new_zeros(theta.shape[0]) + theta.sum((1, 2, 3)))
+        if self._memo is not None:
+            return self._unflat(self._entropy_from(*self._shared_pass()))
         mu, log_w, log_last = self._forward_backward(theta, pad, single, keep=True)
+        return self._unflat(self._entropy_from(mu, log_w, log_last, single))
+
+    @staticmethod
+    def _entropy_from(mu: Tensor, log_w: Tensor, log_last: Tensor, single: Tensor) -> Tensor:
+        """The chain-rule entropy ``(B,)`` from flat marginals, log conditionals and last posterior."""
         # 0 · log 0 = 0 (padded, forbidden and unreachable cells) without NaN gradients.
         log_w = torch.where(log_w > -math.inf, log_w, 0.0)
         log_last = torch.where(log_last > -math.inf, log_last, 0.0)
         # An empty support has no mass (μ = 0) and so no last-position entropy either.
         last = torch.where((mu.sum((1, 2, 3)) > 0).unsqueeze(-1), log_last.exp(), 0.0)
         h = -(mu * log_w).sum((1, 2, 3)) - (last * log_last).sum(-1)
-        return self._unflat(_at_least_zero(torch.where(single, 0.0, h)))
+        return _at_least_zero(torch.where(single, 0.0, h))
+
+    def _shared_pass(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The forward-backward pass of a `cached` structure, memoized: flat μ, log
+        conditionals, last-position log posterior (`_forward_backward`) and L = 1 flags.
+
+        `marginals` and `entropy` both read it, `log_partition` its forward half,
+        so a step that asks for all three runs one forward and one backward sweep.
+        """
+        theta, pad, single = self._setup()
+        parts = self._memo_get("forward_backward")
+        if parts is None:
+            parts = self._forward_backward(theta, pad, single, keep=True)
+            self._memo_put(forward_backward=parts)
+        return (*parts, single)
 
     @torch.no_grad()
     def argmax(self) -> Tensor:
@@ -464,7 +507,8 @@ class LinearChainCRF(ChartStructure):
         out_shape = (*shape, *self.batch_shape, *self.event_shape)
         if num == 0:
             return theta.new_zeros(out_shape)
-        alpha = _forward_alpha(theta, pad)
+        alpha = self._alpha(theta, pad).detach() if self._memo is not None else None
+        alpha = _forward_alpha(theta, pad) if alpha is None else alpha
         _check_support(self, (alpha[:, -1] == -math.inf).all(-1), "sample")
         # cdf[n, b, c', c] = q(y_n ≤ c | y_{n+1} = c'), laid out so that step n is one
         # contiguous (B·C, C) block to pick rows from. Dividing by the row's own last
@@ -523,7 +567,8 @@ class LinearChainCRF(ChartStructure):
         if num == 0:
             zeros = self.log_potentials.new_zeros(out_shape)
             return zeros, zeros
-        alpha = _filter(theta, pad)
+        # The forward pass is shared with the exact queries of a `cached` structure.
+        alpha = self._alpha(theta, pad) if theta.dtype == dtype else _filter(theta, pad)
         _check_support(self, (alpha[:, -1] == -math.inf).all(-1), "gumbel_crf")
         # Row c' of step n holds the unnormalized log q(y_n = · | y_{n+1} = c');
         # softmax and argmax ignore the normalizer α_{n+1}(c').
