@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from zoo.estimators import Estimator
@@ -195,10 +196,13 @@ class LengthCurriculum(L.Callback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            raise KeyError(
-                f"LengthCurriculum monitors {self.monitor!r}, which validation did not log; "
-                f"logged: {', '.join(sorted(trainer.callback_metrics)) or 'nothing'}"
+            # A length bucket with no validation example is not logged: stay, and say so.
+            logged = ", ".join(k for k in sorted(trainer.callback_metrics) if k.startswith("val/"))
+            rank_zero_warn(
+                f"LengthCurriculum monitors {self.monitor!r}, which this validation did not log "
+                f"(logged: {logged or 'nothing'}); staying at lengths ≤ {self.lengths[self.stage]}"
             )
+            return
         if float(value) >= self.threshold:
             self.stage += 1
             self._datamodule(trainer).train_length_limit = self.lengths[self.stage]

@@ -193,6 +193,19 @@ def test_a_curriculum_trains_on_short_expressions_until_validation_passes(
     assert all(n <= 8 for step, n in seen if step < 6)
     assert any(n > 8 for step, n in seen if step >= 6)  # threshold 0 passed at step 6
     assert curriculum.state_dict() == {"stage": 1}
+    missing = LengthCurriculum(lengths=(8, 40), monitor="val/uas_201+")  # no such example
+    trainer = L.Trainer(
+        max_steps=4,
+        val_check_interval=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[missing],
+    )
+    with pytest.warns(UserWarning, match="val/uas_201.*staying at lengths ≤ 8"):
+        trainer.fit(_model(), data)
+    assert missing.stage == 0
     with pytest.raises(ValueError, match="increasing"):
         LengthCurriculum(lengths=(30, 30))
 
