@@ -16,13 +16,14 @@ from zoo.structures import Categorical
 
 
 def _trainer(steps: int, **kwargs) -> L.Trainer:
+    """A quiet trainer of ``steps`` steps; no validation unless ``kwargs`` ask for it."""
+    kwargs.setdefault("limit_val_batches", 0)
     return L.Trainer(
         max_steps=steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        limit_val_batches=0,
         **kwargs,
     )
 
@@ -180,29 +181,15 @@ def test_a_curriculum_trains_on_short_expressions_until_validation_passes(
             seen.append((trainer.global_step, int(batch["lengths"].max())))
 
     curriculum = LengthCurriculum(lengths=(8, 40), monitor="val/accuracy", threshold=0.0)
-    trainer = L.Trainer(
-        max_steps=12,
-        val_check_interval=6,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[curriculum, Spy()],
+    trainer = _trainer(
+        12, limit_val_batches=1.0, val_check_interval=6, callbacks=[curriculum, Spy()]
     )
     trainer.fit(_model(), data)
     assert all(n <= 8 for step, n in seen if step < 6)
     assert any(n > 8 for step, n in seen if step >= 6)  # threshold 0 passed at step 6
     assert curriculum.state_dict() == {"stage": 1}
     missing = LengthCurriculum(lengths=(8, 40), monitor="val/uas_201+")  # no such example
-    trainer = L.Trainer(
-        max_steps=4,
-        val_check_interval=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[missing],
-    )
+    trainer = _trainer(4, limit_val_batches=1.0, val_check_interval=2, callbacks=[missing])
     with pytest.warns(UserWarning, match="val/uas_201.*staying at lengths ≤ 8"):
         trainer.fit(_model(), data)
     assert missing.stage == 0

@@ -126,8 +126,9 @@ class Reinforce(Estimator):
             stats["baseline"] = b.detach().mean()
             self.baseline.update(detached)
         if self.normalize_advantages:
-            advantage = advantage / self._advantage_scale(advantage)
-            stats["advantage_scale"] = self.advantage_var.sqrt().clamp(min=1.0)
+            scale = self._advantage_scale(advantage)
+            advantage = advantage / scale
+            stats["advantage_scale"] = scale
         log_prob = q.log_prob(z)
         if self.policy_updates > 1 and self.training:
             self.rollout = Rollout(z, log_prob.detach(), advantage)
