@@ -275,3 +275,8 @@ def test_train_py_on_two_processes_with_lightnings_launcher(tmp_path) -> None:
 
 if __name__ == "__main__":
     _rank_main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])
+    # Close the gloo group before the interpreter exits: left to the exit-time destructors,
+    # its threads can end a finished rank with "terminate called without an active exception".
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

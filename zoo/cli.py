@@ -385,4 +385,16 @@ def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
             raise
         sys.stderr.write(f"error: {error}\n({TRACEBACK_ENV}=1 shows the traceback)\n")
         raise SystemExit(2) from None
+    if run:
+        _close_process_group()
     return None if run else cli
+
+
+def _close_process_group() -> None:
+    """After a multi-process run, close the process group Lightning opened (and left open):
+    its threads, left to the interpreter's exit, can abort a finished rank."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
