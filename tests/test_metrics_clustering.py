@@ -73,9 +73,23 @@ def test_accumulates_over_batches_and_skips_padding() -> None:
 def test_degenerate_cases() -> None:
     one = torch.zeros(4, dtype=torch.long)
     assert float(v_measure(torch.tensor([[4]]))) == 1.0  # one cluster, one gold tag
-    assert float(many_to_one(torch.zeros(2, 2))) == 0.0  # nothing seen: 0, not NaN
-    assert float(one_to_one(torch.zeros(2, 2))) == 0.0
     assert float(VMeasure(2, 2)(one, one)) == 1.0
+
+
+@pytest.mark.parametrize("score", [many_to_one, one_to_one, v_measure])
+def test_an_empty_contingency_matrix_scores_nan(score) -> None:
+    assert math.isnan(float(score(torch.zeros(2, 3, dtype=torch.long))))
+
+
+@pytest.mark.parametrize("metric", [ManyToOneAccuracy, OneToOneAccuracy, VMeasure])
+def test_a_metric_with_nothing_counted_is_nan_with_a_warning(metric) -> None:
+    """Never updated, or updated with padding only: NaN and a warning, not 0 %."""
+    with pytest.warns(UserWarning, match=rf"{metric.__name__}: no token was counted.*NaN"):
+        assert math.isnan(float(metric(3, 2).compute()))
+    padded = metric(3, 2)
+    padded.update(torch.tensor([[0, 1]]), torch.tensor([[-1, -1]]))
+    with pytest.warns(UserWarning, match="no token was counted"):
+        assert math.isnan(float(padded.compute()))
 
 
 def test_bad_input() -> None:
@@ -87,3 +101,24 @@ def test_bad_input() -> None:
         ManyToOneAccuracy(3, 2).update(torch.tensor([0]), torch.tensor([2]))
     with pytest.raises(ValueError, match="one shape"):
         ManyToOneAccuracy(3, 2).update(torch.tensor([0, 1]), torch.tensor([0]))
+
+
+@pytest.mark.parametrize(
+    ("preds", "target", "message"),
+    [
+        ([0.0, float("nan")], [0, 1], r"preds must be finite, got nan at index \(1,\)"),
+        ([0.0, 1.5], [0, 1], r"preds must hold integer ids, got 1.5 at index \(1,\)"),
+        ([0, 1], [0.0, float("nan")], r"target must be finite, got nan at index \(1,\)"),
+        ([0, 1], [float("inf"), 0.0], r"target must be finite, got inf at index \(0,\)"),
+    ],
+)
+def test_nan_or_fractional_ids_are_named(preds, target, message) -> None:
+    """A NaN was read as the id -2**63 ('ids in [-9223372036854775808, 0]'), a NaN target as padding."""
+    with pytest.raises(ValueError, match=rf"ManyToOneAccuracy: {message}"):
+        ManyToOneAccuracy(3, 2).update(torch.tensor(preds), torch.tensor(target))
+
+
+def test_integral_float_ids_are_counted_as_ids() -> None:
+    metric = ManyToOneAccuracy(3, 2)
+    metric.update(PREDS.double(), GOLD.float())
+    assert float(metric.compute()) == pytest.approx(float(ManyToOneAccuracy(3, 2)(PREDS, GOLD)))

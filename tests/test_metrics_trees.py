@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -82,10 +84,11 @@ def test_span_f1_against_counting_spans() -> None:
     for p, g, k in zip(pred.sum(-1), gold.sum(-1), lengths.tolist(), strict=True):
         a, b = _spans(p, k), _spans(g, k)
         both, total = both + len(a & b), total + len(a) + len(b)
-    out = metric.compute()
+    with pytest.warns(UserWarning, match=r"SpanF1: 1 example\(s\) but nothing to score in .* 1-2"):
+        out = metric.compute()
     assert float(out[""]) == pytest.approx(2 * both / total)
-    # length 2 has no non-trivial span: nothing to get wrong
-    assert float(out["1-2"]) == 1.0
+    # length 2 has no non-trivial span: nothing to score, neither right nor wrong
+    assert math.isnan(float(out["1-2"]))
 
 
 def test_span_f1_by_hand() -> None:
@@ -103,3 +106,62 @@ def test_span_f1_by_hand() -> None:
     assert float(metric.compute()[""]) == pytest.approx(2 * 1 / 6)
     with pytest.raises(ValueError, match="SpanF1"):
         metric.update(pred, gold[:, :4, :4], torch.tensor([5]))
+
+
+def _trees(n: int = 3) -> torch.Tensor:
+    z = torch.zeros(2, n, n)
+    z[:, 0, 0] = 1  # token 0 on ROOT
+    z[:, 0, 1:] = 1  # the others hang from it
+    return z
+
+
+@pytest.mark.parametrize("metric", [AttachmentScore, SpanF1, BucketedAccuracy])
+def test_a_metric_updated_with_nothing_is_nan_with_a_warning(metric) -> None:
+    """It said {'': 1.0}: 100 % of nothing."""
+    with pytest.warns(UserWarning, match=rf"{metric.__name__}: no example was scored.*NaN"):
+        out = metric().compute()
+    assert set(out) == {""} and math.isnan(float(out[""]))
+
+
+def test_span_f1_of_trivial_trees_only_is_nan_overall() -> None:
+    z = torch.zeros(2, 2, 2)
+    z[:, 0, 0] = z[:, 1, 1] = z[:, 0, 1] = 1
+    metric = SpanF1((10,))
+    metric.update(z, z, torch.tensor([1, 2]))
+    with pytest.warns(UserWarning, match=r"2 example\(s\) but nothing to score overall"):
+        out = metric.compute()
+    assert math.isnan(float(out[""])) and math.isnan(float(out["1-10"]))
+
+
+@pytest.mark.parametrize("metric", [AttachmentScore, SpanF1])
+def test_nan_trees_and_bad_lengths_are_named(metric) -> None:
+    name = metric.__name__
+    gold, nan = _trees(), _trees()
+    nan[1, 2, 2] = float("nan")
+    lengths = torch.tensor([3, 3])
+    with pytest.raises(
+        ValueError, match=rf"{name}: preds must be finite, got nan at index \(1, 2, 2\)"
+    ):
+        metric().update(nan, gold, lengths)
+    with pytest.raises(ValueError, match=rf"{name}: target must be finite"):
+        metric().update(gold, nan, lengths)
+    with pytest.raises(ValueError, match=rf"{name}: lengths must hold integer ids, got 2.5"):
+        metric().update(gold, gold, torch.tensor([3.0, 2.5]))
+    with pytest.raises(
+        ValueError, match=rf"{name}: lengths must lie in \[1, 3\], got values from 0 to 4"
+    ):
+        metric().update(gold, gold, torch.tensor([0, 4]))
+
+
+def test_accuracy_refuses_nan_scores_and_fractional_classes() -> None:
+    lengths = torch.tensor([3, 4])
+    with pytest.raises(
+        ValueError, match=r"BucketedAccuracy: preds must be finite, got nan at index \(0, 1\)"
+    ):
+        BucketedAccuracy().update(
+            torch.tensor([[0.0, float("nan")], [1.0, 0.0]]), torch.tensor([1, 0]), lengths
+        )
+    with pytest.raises(ValueError, match="BucketedAccuracy: preds must hold integer ids, got 0.5"):
+        BucketedAccuracy().update(torch.tensor([0.5, 1.0]), torch.tensor([1, 0]), lengths)
+    with pytest.raises(ValueError, match="BucketedAccuracy: target must be finite"):
+        BucketedAccuracy().update(torch.tensor([1, 0]), torch.tensor([float("nan"), 0.0]), lengths)

@@ -14,6 +14,9 @@ matrix M[k, g] = #tokens with cluster k and gold tag g (T = Σ M tokens):
   h = 1 - H(G | K) / H(G) and completeness c = 1 - H(K | G) / H(K), with
   h = 1 when H(G) = 0 and c = 1 when H(K) = 0 (scikit-learn's convention).
 
+With no token scored (T = 0) every score is NaN, and the metrics warn: an
+empty evaluation is neither 0 % nor 100 %.
+
 The metrics keep M as their only state (summed across processes), so they
 cost O(K·G) memory whatever the number of tokens. torchmetrics' own
 `VMeasureScore` keeps every token and `ClusterAccuracy` needs square matrices
@@ -31,6 +34,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchmetrics import Metric
 
+from zoo.metrics.inputs import as_ids, nothing_to_score
+
 __all__ = [
     "ContingencyMetric",
     "ManyToOneAccuracy",
@@ -43,18 +48,18 @@ __all__ = [
 
 
 def many_to_one(confusion: Tensor) -> Tensor:
-    """Σ_k max_g M[k, g] / Σ M from a ``(K, G)`` contingency matrix; 0 when it is empty."""
+    """Σ_k max_g M[k, g] / Σ M from a ``(K, G)`` contingency matrix; NaN when it is empty."""
     total = confusion.sum()
     if total == 0:
-        return confusion.new_zeros((), dtype=torch.float64)
+        return torch.full((), float("nan"), dtype=torch.float64, device=confusion.device)
     return confusion.max(dim=1).values.sum().double() / total
 
 
 def one_to_one(confusion: Tensor) -> Tensor:
-    """max over one-to-one maps σ of Σ_k M[k, σ(k)] / Σ M (Hungarian matching)."""
+    """max over one-to-one maps σ of Σ_k M[k, σ(k)] / Σ M (Hungarian matching); NaN when empty."""
     total = confusion.sum()
     if total == 0:
-        return confusion.new_zeros((), dtype=torch.float64)
+        return torch.full((), float("nan"), dtype=torch.float64, device=confusion.device)
     matrix = confusion.detach().cpu().double().numpy()
     rows, cols = linear_sum_assignment(matrix, maximize=True)
     return torch.tensor(matrix[rows, cols].sum() / float(total), dtype=torch.float64)
@@ -77,11 +82,11 @@ def v_measure(confusion: Tensor, beta: float = 1.0) -> Tensor:
     """V-measure (Rosenberg & Hirschberg 2007) of a ``(K, G)`` contingency matrix.
 
     ``beta`` weighs completeness against homogeneity as in scikit-learn's
-    ``v_measure_score``: V = (1 + β) h c / (β h + c).
+    ``v_measure_score``: V = (1 + β) h c / (β h + c). NaN when the matrix is empty.
     """
     m = confusion.double()
     if m.sum() == 0:
-        return m.new_zeros(())
+        return m.new_full((), float("nan"))
     h_gold, h_cluster = _entropy(m.sum(0)), _entropy(m.sum(1))
     homogeneity = 1.0 - _conditional_entropy(m) / h_gold if h_gold > 0 else m.new_ones(())
     completeness = 1.0 - _conditional_entropy(m.T) / h_cluster if h_cluster > 0 else m.new_ones(())
@@ -93,17 +98,18 @@ def v_measure(confusion: Tensor, beta: float = 1.0) -> Tensor:
 class ContingencyMetric(Metric):
     """Accumulates the contingency matrix of cluster ids against gold ids.
 
-    ``update(preds, target)`` takes integer tensors of one shape; entries where
-    ``target < 0`` (padding) are skipped. ``compute()`` returns the ``(K, G)``
-    matrix; subclasses turn it into a score.
+    ``update(preds, target)`` takes tensors of ids of one shape (integer, or
+    floating with integral values); entries where ``target < 0`` (padding) are
+    skipped. ``compute()`` returns the ``(K, G)`` matrix; subclasses turn it
+    into a score, NaN with a warning when no token was counted.
 
     Args:
         num_clusters: K, clusters ids lie in [0, K).
         num_gold: G, gold ids lie in [0, G) (an upper bound is fine).
 
     Raises:
-        ValueError: K or G below 1; at ``update``, ids out of range or shapes
-            that differ.
+        ValueError: K or G below 1; at ``update``, ids out of range, NaN or
+            fractional ids, or shapes that differ.
     """
 
     is_differentiable = False
@@ -130,8 +136,10 @@ class ContingencyMetric(Metric):
                 f"{type(self).__name__}: preds and target must have one shape, "
                 f"got {tuple(preds.shape)} and {tuple(target.shape)}"
             )
+        name = type(self).__name__
+        preds, target = as_ids(name, "preds", preds), as_ids(name, "target", target)
         keep = target >= 0
-        preds, target = preds[keep].long(), target[keep].long()
+        preds, target = preds[keep], target[keep]
         if preds.numel() == 0:
             return
         for name, ids, bound in (
@@ -150,23 +158,32 @@ class ContingencyMetric(Metric):
     def compute(self) -> Tensor:
         return self.confusion.clone()
 
+    def _score(self, score: Tensor) -> Tensor:
+        if int(self.confusion.sum()) == 0:
+            return nothing_to_score(
+                type(self).__name__,
+                "no token was counted (update() never saw a non-padding token)",
+                score.float(),
+            )
+        return score.float()
+
 
 class ManyToOneAccuracy(ContingencyMetric):
     """Many-to-one accuracy: each cluster counts as its most frequent gold tag."""
 
     def compute(self) -> Tensor:
-        return many_to_one(self.confusion).float()
+        return self._score(many_to_one(self.confusion))
 
 
 class OneToOneAccuracy(ContingencyMetric):
     """One-to-one accuracy: the best one-to-one map of clusters to gold tags (Hungarian)."""
 
     def compute(self) -> Tensor:
-        return one_to_one(self.confusion).float()
+        return self._score(one_to_one(self.confusion))
 
 
 class VMeasure(ContingencyMetric):
     """V-measure: harmonic mean of homogeneity and completeness (β = 1)."""
 
     def compute(self) -> Tensor:
-        return v_measure(self.confusion).float()
+        return self._score(v_measure(self.confusion))

@@ -18,10 +18,12 @@ Each metric is a ratio of two counts, accumulated per sequence-length bucket
   ``(B, N, N, L)`` with the labels summed.
 
 ``compute()`` returns ``{"": overall, "1-10": …, "11-50": …, "51+": …}``;
-buckets without examples are left out, and a bucket whose examples have
-nothing to score (sequences of one or two tokens have no non-trivial
-span) scores 1: there was nothing to get wrong. Nothing is NaN. The states
-are sums, so the metrics synchronize across processes.
+buckets without examples are left out. A ratio with nothing to score (no
+update at all, or only sequences of one or two tokens, which have no
+non-trivial span) is NaN, with a warning: neither 0 % nor 100 % of nothing.
+``update`` refuses NaN scores and indicators and fractional classes or
+lengths, naming the first. The states are sums, so the metrics synchronize
+across processes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from zoo.metrics.inputs import as_ids, nothing_to_score, require_finite
 
 __all__ = ["AttachmentScore", "BucketedAccuracy", "BucketedRatio", "SpanF1", "bucket_names"]
 
@@ -79,17 +83,25 @@ class BucketedRatio(Metric):
         self.denominator.index_add_(0, bucket, denominator.to(torch.float64))
         self.count.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
 
-    @staticmethod
-    def _ratio(num: Tensor, den: Tensor) -> Tensor:
-        return num / den if den > 0 else torch.ones_like(den)
+    def _ratio(self, num: Tensor, den: Tensor, count: Tensor, bucket: str) -> Tensor:
+        if den > 0:
+            return num / den
+        where = "overall" if bucket == "" else f"in the length bucket {bucket}"
+        what = (
+            f"{int(count)} example(s) but nothing to score {where}"
+            if count > 0
+            else "no example was scored (update() was never called with data)"
+        )
+        return nothing_to_score(type(self).__name__, what, den)
 
     def compute(self) -> dict[str, Tensor]:
-        out = {"": self._ratio(self.numerator.sum(), self.denominator.sum())}
+        total = self.count.sum()
+        out = {"": self._ratio(self.numerator.sum(), self.denominator.sum(), total, "")}
         for name, num, den, count in zip(
             self.names, self.numerator, self.denominator, self.count, strict=True
         ):
             if count > 0:
-                out[name] = self._ratio(num, den)
+                out[name] = out[""] if total == count else self._ratio(num, den, count, name)
         return out
 
 
@@ -106,17 +118,34 @@ class BucketedAccuracy(BucketedRatio):
     def update(self, preds: Tensor, target: Tensor, lengths: Tensor) -> None:
         """Args: ``preds`` ``(B,)`` classes (or ``(B, C)`` scores), ``target`` ``(B,)``, ``lengths`` ``(B,)``."""
         if preds.dim() == target.dim() + 1:
+            require_finite("BucketedAccuracy", "preds", preds)
             preds = preds.argmax(-1)
         if preds.shape != target.shape or target.shape != lengths.shape:
             raise ValueError(
-                f"preds, target and lengths must have one shape (B,), got {tuple(preds.shape)}, "
-                f"{tuple(target.shape)} and {tuple(lengths.shape)}"
+                f"BucketedAccuracy: preds, target and lengths must have one shape (B,), got "
+                f"{tuple(preds.shape)}, {tuple(target.shape)} and {tuple(lengths.shape)}"
             )
+        preds = as_ids("BucketedAccuracy", "preds", preds)
+        target = as_ids("BucketedAccuracy", "target", target)
+        lengths = _lengths(lengths, None, "BucketedAccuracy")
         correct = (preds == target).to(torch.float64)
         self._add(correct, torch.ones_like(correct), lengths)
 
 
-def _check_trees(preds: Tensor, target: Tensor, lengths: Tensor, name: str) -> None:
+def _lengths(lengths: Tensor, size: int | None, name: str) -> Tensor:
+    """Lengths as longs, each in [1, size] (``size`` None: no upper bound)."""
+    lengths = as_ids(name, "lengths", lengths)
+    if lengths.numel() == 0:
+        return lengths
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 1 or (size is not None and high > size):
+        bound = "" if size is None else f", {size}"
+        raise ValueError(f"{name}: lengths must lie in [1{bound}], got values from {low} to {high}")
+    return lengths
+
+
+def _check_trees(preds: Tensor, target: Tensor, lengths: Tensor, name: str) -> Tensor:
+    """Check the shapes and values of a batch of trees; return the lengths as longs."""
     if preds.shape != target.shape or preds.dim() != 3 or preds.shape[-1] != preds.shape[-2]:
         raise ValueError(
             f"{name}: preds and target must both be (B, N, N), got {tuple(preds.shape)} "
@@ -124,6 +153,9 @@ def _check_trees(preds: Tensor, target: Tensor, lengths: Tensor, name: str) -> N
         )
     if lengths.shape != preds.shape[:1]:
         raise ValueError(f"{name}: lengths must be (B,), got {tuple(lengths.shape)}")
+    require_finite(name, "preds", preds)
+    require_finite(name, "target", target)
+    return _lengths(lengths, preds.shape[-1], name)
 
 
 class AttachmentScore(BucketedRatio):
@@ -140,7 +172,7 @@ class AttachmentScore(BucketedRatio):
 
     def update(self, preds: Tensor, target: Tensor, lengths: Tensor) -> None:
         """Args: ``preds``, ``target`` ``(B, N, N)`` arc indicators; ``lengths`` ``(B,)``."""
-        _check_trees(preds, target, lengths, "AttachmentScore")
+        lengths = _check_trees(preds, target, lengths, "AttachmentScore")
         n = preds.shape[-1]
         valid = torch.arange(n, device=lengths.device) < lengths[:, None]  # (B, N) real tokens
         same = (preds.argmax(-2) == target.argmax(-2)) & valid.to(preds.device)
@@ -171,7 +203,7 @@ class SpanF1(BucketedRatio):
             preds = preds.sum(-1)
         if target.dim() == 4:
             target = target.sum(-1)
-        _check_trees(preds, target, lengths, "SpanF1")
+        lengths = _check_trees(preds, target, lengths, "SpanF1")
         n = preds.shape[-1]
         index = torch.arange(n, device=preds.device)
         lengths = lengths.to(preds.device)
