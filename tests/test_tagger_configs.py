@@ -14,6 +14,7 @@ import lightning as L
 import pytest
 import yaml
 
+from tests.conftest import EWT_FILES, find_data_dir
 from tests.models.cases import quiet_trainer_args
 from zoo.cli import ZooCLI
 from zoo.estimators import (
@@ -35,8 +36,8 @@ from zoo.models.tagger import (
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs" / "tagger").glob("*.yaml"))
-DATA = ROOT / "data"
-HAS_EWT = (DATA / "ud_english_ewt" / "en_ewt-ud-train.conllu.gz").is_file()
+DATA = find_data_dir(EWT_FILES)  # $ZOO_DATA_DIR or data/, as the datamodule looks
+HAS_EWT = DATA is not None
 
 DECODERS = {"hmm": NeuralHMMTagger, "lstm": LSTMTagger}
 ESTIMATORS = {
@@ -105,7 +106,7 @@ def test_hmm_configs_default_to_the_recipe(path: Path) -> None:
     assert not config["trainer"]["callbacks"]  # no annealing of τ
 
 
-@pytest.mark.skipif(not HAS_EWT, reason="UD English EWT not found under data/")
+@pytest.mark.skipif(not HAS_EWT, reason="UD English EWT not found under $ZOO_DATA_DIR or data/")
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_runs_fast_dev_run_on_a_limited_ewt(path: Path, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -251,3 +251,59 @@ def test_the_datamodule_says_where_the_test_file_should_be(tmp_path) -> None:
     assert len(dm.train_set) == 4
     with pytest.raises(ValueError, match="batch_size"):
         ListOpsDataModule(batch_size=0)
+
+
+def test_a_corrupt_or_truncated_gzip_names_the_file(tmp_path) -> None:
+    whole = gzip.compress(("1\t( ( ( [SM 6 ) 5 ) ] )\n" * 2000).encode())
+    cut = tmp_path / "cut.tsv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        ValueError,
+        match=r"cut\.tsv\.gz:\d+: cannot read the ListOps file after line \d+ \(EOFError",
+    ):
+        read_tsv(cut)
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes("1\t( ( ( [SM 6 ) 5 ) ] )\n\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.tsv:\d+: cannot read .*not UTF-8"):
+        read_tsv(latin)
+
+
+@pytest.mark.parametrize("argument", ["test_file", "train_file", "val_file"])
+def test_an_empty_file_is_an_error_naming_it_and_its_argument(tmp_path, argument: str) -> None:
+    """An empty test TSV ran with exit code 0 and no metrics."""
+    good, empty = tmp_path / "good.tsv", tmp_path / "empty.tsv"
+    good.write_text("1\t( ( ( [SM 6 ) 5 ) ] )\n7\t7\n")
+    empty.write_text("\n\n")
+    files = {"test_file": str(good), "train_file": str(good), "val_file": str(good)}
+    dm = ListOpsDataModule(**{**files, argument: str(empty)}, batch_size=2)
+    with pytest.raises(
+        ValueError, match=rf"empty\.tsv: the ListOps file given as {argument} holds no expression"
+    ):
+        dm.setup(None)
+
+
+@pytest.mark.parametrize("size", ["num_train", "num_val"])
+def test_an_empty_generated_set_is_refused_for_fitting_only(tmp_path, size: str) -> None:
+    """num_train=0 exited 0 after Lightning's 'No training batches'."""
+    test = tmp_path / "test.tsv"
+    test.write_text("1\t( ( ( [SM 6 ) 5 ) ] )\n")
+    dm = ListOpsDataModule(test_file=str(test), **{"num_train": 4, "num_val": 2, size: 0})
+    for stage in ("fit", "validate"):
+        with pytest.raises(ValueError, match=rf"{size}=0 leaves nothing to (train|validate) on"):
+            dm.setup(stage)
+    dm.setup("test")  # a datamodule for testing alone needs no generated set
+    assert len(dm.test_set) == 1
+
+
+def test_predict_batches_keep_the_file_order_and_the_memory_bound(tmp_path) -> None:
+    lines = ["7\t7", "1\t( ( ( [SM 6 ) 5 ) ] )", "3\t3", "1\t( ( [MIN 1 ) ] )", "2\t2"]
+    test = tmp_path / "test.tsv"
+    test.write_text("\n".join(lines) + "\n")
+    dm = ListOpsDataModule(num_train=0, num_val=0, test_file=str(test), batch_size=2)
+    dm.setup("predict")
+    assert [y for b in dm.predict_dataloader() for y in b["y"].tolist()] == [7, 1, 3, 1, 2]
+    assert [y for b in dm.test_dataloader() for y in b["y"].tolist()] == [7, 3, 2, 1, 1]
+    # batch × longest³ ≤ max_eval_cubed holds in the file's order too
+    dm = ListOpsDataModule(test_file=str(test), batch_size=8, max_eval_cubed=2 * 4**3)
+    dm.setup("predict")
+    assert [b["y"].tolist() for b in dm.predict_dataloader()] == [[7, 1], [3, 1, 2]]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.data.mnist import DataNotFoundError
+from zoo.data import DataNotFoundError
 from zoo.data.semi_supervised import (
     SemiSupervisedDataset,
     SemiSupervisedMNISTDataModule,

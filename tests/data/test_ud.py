@@ -9,16 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.data.mnist import DataNotFoundError
+from tests.conftest import EWT_FILES, find_data_dir
+from zoo.data import DataNotFoundError
 from zoo.data.ud import UPOS_TAGS, BucketBatchSampler, UDTaggingDataModule, Vocabulary, read_conllu
 
-ROOT = Path(__file__).resolve().parents[2]
-EWT = next(
-    (p for p in (ROOT / "data" / "ud_english_ewt", ROOT.parent / "shared" / "data" / "ud_english_ewt")
-     if (p / "en_ewt-ud-dev.conllu.gz").is_file()),
-    None,
-)  # fmt: skip
-needs_ewt = pytest.mark.skipif(EWT is None, reason="UD English EWT not found under data/")
+DATA = find_data_dir(EWT_FILES)
+EWT = None if DATA is None else DATA / "ud_english_ewt"
+needs_ewt = pytest.mark.skipif(
+    EWT is None, reason="UD English EWT not found under $ZOO_DATA_DIR or data/"
+)
 
 GOOD = """# sent_id = a
 # text = Don't go.
@@ -146,12 +145,150 @@ def test_datamodule_on_a_limited_ewt() -> None:
 def test_missing_files_fail_fast_saying_where(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import zoo.data.ud as ud
+    """The hub probe asks for the UD dataset; its failure was worded as 'ylecun/mnist is unreachable'."""
+    import zoo.data.hub as hub
 
-    monkeypatch.setattr(ud, "probe_hub", lambda: "no network here")
+    monkeypatch.setattr(hub, "_hub_endpoint", lambda: "http://127.0.0.1:9")  # nothing listens
     dm = UDTaggingDataModule(treebank="xx_none", data_dir=str(tmp_path))
-    with pytest.raises(DataNotFoundError, match=r"xx_none-ud-\{train,dev,test\}\.conllu"):
+    with pytest.raises(DataNotFoundError) as info:
         dm.setup()
+    message = str(info.value)
+    assert message.startswith("UD treebank 'xx_none': no local CoNLL-U files")
+    assert "xx_none-ud-{train,dev,test}.conllu" in message
+    assert "127.0.0.1:9/api/datasets/universal_dependencies is unreachable" in message
+    assert "mnist" not in message
+
+
+def sentence(ident: int, length: int) -> str:
+    """A CoNLL-U sentence ``# sent_id = <ident>`` of ``length`` words."""
+    rows = [
+        f"{n}\tw{(ident + n) % 7}\t_\t{UPOS_TAGS[n % 17]}\tX{n % 3}\t_\t0\tdep\t_\t_"
+        for n in range(1, length + 1)
+    ]
+    return "\n".join([f"# sent_id = {ident}", *rows]) + "\n\n"
+
+
+def write_treebank(
+    root: Path, lengths: list[int], splits: tuple[str, ...] = ("train", "dev", "test")
+) -> Path:
+    """``root/xx_tiny/xx-ud-{split}.conllu``, sentences of the given lengths in each; the folder."""
+    folder = root / "xx_tiny"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        text = "".join(sentence(i, n) for i, n in enumerate(lengths))
+        (folder / f"xx-ud-{split}.conllu").write_text(text, encoding="utf-8")
+    return folder
+
+
+LENGTHS = [5, 1, 9, 3, 7, 2, 8, 4, 6, 1, 9, 2, 5]
+
+
+def test_missing_dev_and_test_files_name_the_treebank_not_the_hub(tmp_path: Path) -> None:
+    folder = write_treebank(tmp_path, LENGTHS, splits=("train",))
+    dm = UDTaggingDataModule(treebank="xx", data_dir=str(tmp_path))
+    with pytest.raises(DataNotFoundError) as info:
+        dm.setup()
+    message = str(info.value)
+    assert message.startswith(f"UD treebank 'xx': {folder} holds xx-ud-train.conllu but not ")
+    assert "xx-ud-dev.conllu[.gz], xx-ud-test.conllu[.gz]" in message
+    assert "mnist" not in message and "hub" not in message
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_an_empty_split_file_is_an_error_naming_it(tmp_path: Path, split: str) -> None:
+    """It ran with no metrics and exit code 0."""
+    folder = write_treebank(tmp_path, LENGTHS)
+    (folder / f"xx-ud-{split}.conllu").write_text("", encoding="utf-8")
+    dm = UDTaggingDataModule(treebank="xx", data_dir=str(tmp_path))
+    with pytest.raises(
+        ValueError,
+        match=rf"xx-ud-{split}\.conllu: the {split} split of UD treebank 'xx' has no sentence",
+    ):
+        dm.setup()
+
+
+def test_a_length_cut_that_keeps_no_training_sentence_is_an_error(tmp_path: Path) -> None:
+    write_treebank(tmp_path, [4, 6, 5])
+    dm = UDTaggingDataModule(treebank="xx", data_dir=str(tmp_path), max_train_length=3)
+    with pytest.raises(
+        ValueError,
+        match=r"max_train_length=3 keeps no training sentence of .*xx-ud-train\.conllu \(the shortest has 4 words\)",
+    ):
+        dm.setup()
+
+
+def test_a_corrupt_or_truncated_gzip_names_the_file(tmp_path: Path) -> None:
+    """A truncated .conllu.gz gave a bare EOFError with no file name."""
+    whole = gzip.compress("".join(sentence(i, 8) for i in range(400)).encode())
+    truncated = tmp_path / "cut.conllu.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        ValueError,
+        match=r"cut\.conllu\.gz:\d+: cannot read the CoNLL-U file after line \d+ \(EOFError",
+    ):
+        read_conllu(truncated)
+    not_gzip = tmp_path / "plain.conllu.gz"
+    not_gzip.write_text(GOOD, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"plain\.conllu\.gz:1: cannot read .*BadGzipFile"):
+        read_conllu(not_gzip)
+    latin = tmp_path / "latin.conllu"
+    latin.write_bytes(GOOD.replace("Hi", "H\u00e9").encode("latin-1"))
+    with pytest.raises(
+        ValueError, match=r"latin\.conllu:\d+: cannot read .*UnicodeDecodeError.*not UTF-8"
+    ):
+        read_conllu(latin)
+    with pytest.raises(FileNotFoundError, match="no CoNLL-U file at .*absent.conllu"):
+        read_conllu(tmp_path / "absent.conllu")
+
+
+def test_predict_batches_keep_the_file_order(tmp_path: Path) -> None:
+    write_treebank(tmp_path, LENGTHS)
+    dm = UDTaggingDataModule(treebank="xx", data_dir=str(tmp_path), min_count=1, batch_size=4)
+    dm.setup("predict")
+    ids = [s.comments[0] for b in dm.predict_dataloader() for s in b["sentences"]]
+    assert ids == [f"# sent_id = {i}" for i in range(len(LENGTHS))]
+    # test batches still group similar lengths (their order does not matter)
+    test_lengths = [int(n) for b in dm.test_dataloader() for n in b["lengths"]]
+    assert test_lengths == sorted(LENGTHS)
+
+
+def test_train_py_predict_writes_the_sentences_in_file_order(tmp_path: Path, monkeypatch) -> None:
+    """``train.py predict`` with `InducedTagWriter` wrote them in length-bucket order."""
+    import sys
+
+    from tests.models.cases import quiet_trainer_args
+    from zoo.cli import ZooCLI
+
+    write_treebank(tmp_path, LENGTHS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    out = tmp_path / "tags.conllu"
+    config = Path(__file__).resolve().parents[2] / "configs" / "tagger" / "hmm-exact.yaml"
+    ZooCLI([
+        "predict", "--config", str(config), "--data.treebank=xx", f"--data.data_dir={tmp_path}",
+        "--data.min_count=1", "--data.batch_size=4", "--model.num_tags=3",
+        "--model.embedding_dim=8", "--model.hidden_size=8", *quiet_trainer_args(),
+        "--trainer.callbacks+=zoo.models.tagger.InducedTagWriter",
+        f"--trainer.callbacks.output_path={out}",
+    ])  # fmt: skip
+    written = read_conllu(out)
+    assert [s.comments[0] for s in written] == [f"# sent_id = {i}" for i in range(len(LENGTHS))]
+    assert [len(s) for s in written] == LENGTHS
+    assert all(row[9].startswith("Tag=") for s in written for row in s.rows)
+
+
+def test_the_tests_find_the_data_where_the_datamodule_does(tmp_path: Path, monkeypatch) -> None:
+    """With the data only under $ZOO_DATA_DIR, 20 UD tests skipped: they looked in data/ alone."""
+    for name in EWT_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(tmp_path / name, "wt", encoding="utf-8") as handle:
+            handle.write(GOOD)
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path))
+    assert find_data_dir(EWT_FILES) == tmp_path.resolve()
+    found = UDTaggingDataModule().local_files()
+    assert found is not None and {p.parent.parent.resolve() for p in found.values()} == {
+        tmp_path.resolve()
+    }
 
 
 def test_bad_arguments() -> None:

@@ -5,10 +5,10 @@ sentences (Universal Dependencies, a synthetic HMM), ListOps, synthetic binary v
 and imports none of them.
 """
 
-from zoo.data.base import resolve_data_dir
+from zoo.data.base import DataNotFoundError, resolve_data_dir
 from zoo.data.hmm import SyntheticHMMDataModule
 from zoo.data.listops import ListOpsDataModule
-from zoo.data.mnist import DataNotFoundError, MNISTDataModule
+from zoo.data.mnist import MNISTDataModule
 from zoo.data.semi_supervised import SemiSupervisedMNISTDataModule
 from zoo.data.synthetic import SyntheticBinaryDataModule
 from zoo.data.ud import UDTaggingDataModule

@@ -41,6 +41,15 @@ ENV_DATA_DIR = "ZOO_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
 """The dataset root when neither ``data_dir`` nor ``ZOO_DATA_DIR`` is given (relative to the cwd)."""
 
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set is neither under the dataset root nor reachable on the Hugging Face hub.
+
+    The message names the data set, the files expected and where the dataset
+    root came from (``data_dir``, ``ZOO_DATA_DIR`` or the default ``data/``).
+    """
+
+
 Split = Literal["full", "halves"]
 SPLITS: tuple[str, ...] = ("full", "halves")
 

@@ -41,8 +41,8 @@ def _hub_endpoint() -> str:
     return str(huggingface_hub.constants.ENDPOINT).rstrip("/")
 
 
-def probe_hub(timeout: float | None = None) -> str | None:
-    """Check quickly whether the Hugging Face hub answers.
+def probe_hub(timeout: float | None = None, dataset: str = HUB_MNIST) -> str | None:
+    """Check quickly whether the Hugging Face hub answers for a dataset.
 
     The request runs in a daemon thread that is abandoned after ``timeout + 1``
     seconds, so DNS lookups (which ignore socket timeouts) cannot stall it either.
@@ -50,12 +50,14 @@ def probe_hub(timeout: float | None = None) -> str | None:
 
     Args:
         timeout: Seconds to wait; ``None`` means ``HUB_PROBE_TIMEOUT``.
+        dataset: The hub dataset asked for (its API page is the probed URL), so
+            the reason names the dataset the caller wants.
 
     Returns:
         ``None`` when the hub answered, else a short reason why not.
     """
     timeout = HUB_PROBE_TIMEOUT if timeout is None else timeout
-    url = f"{_hub_endpoint()}/api/datasets/{HUB_MNIST}"
+    url = f"{_hub_endpoint()}/api/datasets/{dataset}"
     result: list[str | None] = []
 
     def attempt() -> None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import gzip
 import os
 import random
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,23 +390,36 @@ def parse_line(line: str) -> ListOpsExample:
 def read_tsv(path: str | os.PathLike[str]) -> list[ListOpsExample]:
     """Read an official ListOps file (``.tsv`` or ``.tsv.gz``).
 
+    Returns:
+        The examples, in the file's order (none for an empty file: the datamodule refuses that).
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a malformed line, naming the file and the line number.
+        ValueError: a malformed line, naming the file and the line number; a file
+            that cannot be read (a truncated or corrupt gzip, bytes that are not
+            UTF-8), naming the file and the last line read.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no ListOps file at {path}")
     opener = gzip.open if path.suffix == ".gz" else open
     examples = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                examples.append(parse_line(line))
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: {error}: {line.strip()[:80]!r}") from None
+    number = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    examples.append(parse_line(line))
+                except ValueError as error:
+                    raise ValueError(f"{path}:{number}: {error}: {line.strip()[:80]!r}") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        # gzip reads ahead in blocks: the damage lies at or after the line named.
+        raise ValueError(
+            f"{path}:{number + 1}: cannot read the ListOps file after line {number} "
+            f"({type(e).__name__}: {e}); it is truncated, corrupt or not UTF-8 text"
+        ) from e
     return examples
 
 
@@ -488,26 +502,34 @@ class _BucketedBatches(torch.utils.data.Sampler[list[int]]):
                 yield batch
 
 
-class _LengthSortedBatches(torch.utils.data.Sampler[list[int]]):
-    """Batches of examples of similar length, in a fixed order (evaluation only).
+class _EvaluationBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches in a fixed order (evaluation only): of similar length, or in the file's order.
 
     Padding a 900-symbol expression with 10-symbol ones multiplies the cubic
-    tree programs' work; metrics do not depend on the order. A batch also
-    stops growing once batch × N³ (N its longest expression) would pass
-    ``max_cubed``: the charts of Eisner's and CKY's programs hold O(B N³)
-    numbers, several GB for a batch of 32 expressions of 900 symbols.
+    tree programs' work, and metrics do not depend on the order, so
+    validation and test batches group similar lengths. Predictions are written
+    as they come, so ``predict`` keeps the file's order (``by_length=False``).
+    Either way a batch stops growing once batch × N³ (N its longest
+    expression) would pass ``max_cubed``: the charts of Eisner's and CKY's
+    programs hold O(B N³) numbers, several GB for a batch of 32 expressions of
+    900 symbols.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, max_cubed: int) -> None:
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, max_cubed: int, by_length: bool = True
+    ) -> None:
+        order = range(len(lengths))
+        if by_length:
+            order = sorted(order, key=lambda i: (lengths[i], i))
         self.batches: list[list[int]] = []
         batch: list[int] = []
+        longest = 0
         for i in order:
-            if batch and (
-                len(batch) >= batch_size or (len(batch) + 1) * lengths[i] ** 3 > max_cubed
-            ):
+            longest = max(longest, lengths[i])
+            if batch and (len(batch) >= batch_size or (len(batch) + 1) * longest**3 > max_cubed):
                 self.batches.append(batch)
                 batch = []
+                longest = lengths[i]
             batch.append(i)
         if batch:
             self.batches.append(batch)
@@ -519,13 +541,26 @@ class _LengthSortedBatches(torch.utils.data.Sampler[list[int]]):
         return iter(self.batches)
 
 
+def _read_split(path: str | os.PathLike[str], argument: str) -> list[ListOpsExample]:
+    """`read_tsv` of a split's file; a file without any expression is an error naming it."""
+    examples = read_tsv(path)
+    if not examples:
+        raise ValueError(
+            f"{Path(path).expanduser()}: the ListOps file given as {argument} holds no "
+            f"expression; expected lines 'label<TAB>expression' (is the file empty?)"
+        )
+    return examples
+
+
 class ListOpsDataModule(L.LightningDataModule):
     """ListOps: generated training and validation sets, the test set from a TSV file.
 
     Args:
         num_train: generated training expressions (90,000, the size of the official
-            training file); ignored when ``train_file`` is given.
-        num_val: generated validation expressions (1,000); ignored with ``val_file``.
+            training file); ignored when ``train_file`` is given. 0 only for a datamodule
+            that is tested and never fitted (``fit`` and ``validate`` refuse an empty set).
+        num_val: generated validation expressions (1,000); ignored with ``val_file``; 0 as
+            ``num_train``.
         train_file: an official-format TSV to train on instead of generated data.
         val_file: the same for validation.
         test_file: the test TSV; None: ``listops/dev_d20s.tsv.gz`` under the data root
@@ -628,7 +663,7 @@ class ListOpsDataModule(L.LightningDataModule):
                 f"no ListOps test file at {path} ({where}); give --data.test_file PATH to an "
                 f"official-format TSV (label<TAB>expression), e.g. test_d20s.tsv of nyu-mll/spinn"
             )
-        examples = read_tsv(path)
+        examples = _read_split(path, "test_file")
         if self.test_max_length is not None:
             examples = [e for e in examples if len(e.tokens) <= self.test_max_length]
             if not examples:
@@ -644,6 +679,15 @@ class ListOpsDataModule(L.LightningDataModule):
             test = self._test_examples()
             self.test_set = ListOpsDataset(test)
         if stage in (None, "fit", "validate") and self.train_set is None:
+            for size, count, file, task in (
+                ("num_train", self.num_train, "train_file", "train"),
+                ("num_val", self.num_val, "val_file", "validate"),
+            ):
+                if count == 0 and getattr(self, file) is None:
+                    raise ValueError(
+                        f"{size}=0 leaves nothing to {task} on; give {size} ≥ 1 or a {file} "
+                        f"(only a datamodule used for testing alone may have {size}=0)"
+                    )
             exclude = [e.tokens for e in test] if test is not None else []
             generated_count = (self.num_train if self.train_file is None else 0) + (
                 self.num_val if self.val_file is None else 0
@@ -659,8 +703,8 @@ class ListOpsDataModule(L.LightningDataModule):
             if self.train_file is None:
                 train, generated = generated[: self.num_train], generated[self.num_train :]
             else:
-                train = read_tsv(self.train_file)
-            val = generated if self.val_file is None else read_tsv(self.val_file)
+                train = _read_split(self.train_file, "train_file")
+            val = generated if self.val_file is None else _read_split(self.val_file, "val_file")
             self.train_set, self.val_set = ListOpsDataset(train), ListOpsDataset(val)
 
     def _loader(self, dataset: ListOpsDataset | None, stage: str) -> DataLoader:
@@ -679,7 +723,9 @@ class ListOpsDataModule(L.LightningDataModule):
             )
             return DataLoader(dataset, batch_sampler=sampler, **common)
         lengths = [len(e.tokens) for e in dataset.examples]
-        sampler = _LengthSortedBatches(lengths, self.eval_batch_size, self.max_eval_cubed)
+        sampler = _EvaluationBatches(
+            lengths, self.eval_batch_size, self.max_eval_cubed, by_length=stage != "predict"
+        )
         return DataLoader(dataset, batch_sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:

@@ -19,6 +19,7 @@ import torch
 from zoo.data.base import (
     ENV_DATA_DIR,
     BinaryImageDataset,
+    DataNotFoundError,
     Split,
     ZooDataModule,
     _check_int,
@@ -64,10 +65,6 @@ Binarization = Literal["dynamic", "fixed", "threshold"]
 Source = Literal["auto", "local", "hub"]
 BINARIZATIONS: tuple[str, ...] = ("dynamic", "fixed", "threshold")
 SOURCES: tuple[str, ...] = ("auto", "local", "hub")
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The data set is neither under the dataset root nor reachable on the hub."""
 
 
 class MNISTDataModule(ZooDataModule):

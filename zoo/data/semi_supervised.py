@@ -40,12 +40,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.base import ENV_DATA_DIR, collate_batch, describe_data_dir, resolve_data_dir
+from zoo.data.base import (
+    ENV_DATA_DIR,
+    DataNotFoundError,
+    collate_batch,
+    describe_data_dir,
+    resolve_data_dir,
+)
 from zoo.data.mnist import (
     HUB_MNIST,
     MNIST_IMAGE_FILES,
     NUM_PIXELS,
-    DataNotFoundError,
     binarize_bernoulli,
     binarize_threshold,
     probe_hub,

@@ -5,7 +5,7 @@ the training split (words below a frequency cut-off become ``<unk>``,
 optionally lower-cased), with the character ids of every word and the gold
 UPOS and XPOS tags, which are kept for evaluation only: the models never see
 them. Batches are bucketed by length (sentences of similar length together,
-the batch order shuffled) and padded::
+the batch order shuffled; ``predict`` keeps the file's order) and padded::
 
     {"x": (B, N) word ids (0 = <pad>), "lengths": (B,), "chars": (B, N, W) char ids,
      "upos": (B, N), "xpos": (B, N) gold ids (-1 = padding),
@@ -30,6 +30,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,10 +40,10 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
-from zoo.data.base import _check_int, describe_data_dir, resolve_data_dir
-from zoo.data.mnist import DataNotFoundError, probe_hub
+from zoo.data.base import DataNotFoundError, _check_int, describe_data_dir, resolve_data_dir
+from zoo.data.hub import probe_hub
 
 __all__ = [
     "UPOS_TAGS",
@@ -122,17 +123,23 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
         limit: stop after this many sentences (None: all).
 
     Returns:
-        The sentences, in order.
+        The sentences, in order (none for an empty file: the datamodule refuses that).
 
     Raises:
+        FileNotFoundError: no such file.
         ValueError: a malformed line (not 10 tab-separated columns, a bad ID, IDs
             out of order, an empty FORM, a sentence without words), naming the
-            file and line number.
+            file and line number; a file that cannot be read (a truncated or
+            corrupt gzip, bytes that are not UTF-8), naming the file and the
+            last line read.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no CoNLL-U file at {path}")
     sentences: list[Sentence] = []
     current = Sentence()
     start = 1
+    lineno = 0
 
     def error(lineno: int, message: str) -> ValueError:
         return ValueError(f"{path}:{lineno}: malformed CoNLL-U: {message}")
@@ -145,41 +152,50 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
             sentences.append(current)
         current = Sentence()
 
-    with _open_text(path) as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                finish(lineno)
-                if limit is not None and len(sentences) >= limit:
-                    return sentences
-                start = lineno + 1
-                continue
-            if line.startswith("#"):
-                if current.rows:
-                    raise error(lineno, "a comment line after the token lines of a sentence")
-                current.comments.append(line)
-                continue
-            columns = line.split("\t")
-            if len(columns) != 10:
-                raise error(lineno, f"expected 10 tab-separated columns, got {len(columns)}")
-            ident, form, _, upos, xpos = columns[:5]
-            if "-" in ident or "." in ident:
-                low, sep, high = ident.replace(".", "-").partition("-")
-                if not (low.isdigit() and high.isdigit() and sep):
+    try:
+        with _open_text(path) as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                line = raw.rstrip("\n").rstrip("\r")
+                if not line.strip():
+                    finish(lineno)
+                    if limit is not None and len(sentences) >= limit:
+                        return sentences
+                    start = lineno + 1
+                    continue
+                if line.startswith("#"):
+                    if current.rows:
+                        raise error(lineno, "a comment line after the token lines of a sentence")
+                    current.comments.append(line)
+                    continue
+                columns = line.split("\t")
+                if len(columns) != 10:
+                    raise error(lineno, f"expected 10 tab-separated columns, got {len(columns)}")
+                ident, form, _, upos, xpos = columns[:5]
+                if "-" in ident or "." in ident:
+                    low, sep, high = ident.replace(".", "-").partition("-")
+                    if not (low.isdigit() and high.isdigit() and sep):
+                        raise error(lineno, f"bad ID {ident!r} (expected N, N-M or N.M)")
+                    current.rows.append(columns)
+                    continue
+                if not ident.isdigit():
                     raise error(lineno, f"bad ID {ident!r} (expected N, N-M or N.M)")
+                if int(ident) != len(current.words) + 1:
+                    raise error(
+                        lineno, f"ID {ident} out of order (expected {len(current.words) + 1})"
+                    )
+                if form == "":
+                    raise error(lineno, "empty FORM")
+                current.word_rows.append(len(current.rows))
                 current.rows.append(columns)
-                continue
-            if not ident.isdigit():
-                raise error(lineno, f"bad ID {ident!r} (expected N, N-M or N.M)")
-            if int(ident) != len(current.words) + 1:
-                raise error(lineno, f"ID {ident} out of order (expected {len(current.words) + 1})")
-            if form == "":
-                raise error(lineno, "empty FORM")
-            current.word_rows.append(len(current.rows))
-            current.rows.append(columns)
-            current.words.append(form)
-            current.upos.append(upos)
-            current.xpos.append(xpos)
+                current.words.append(form)
+                current.upos.append(upos)
+                current.xpos.append(xpos)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        # gzip reads ahead in blocks: the damage lies at or after the line named.
+        raise ValueError(
+            f"{path}:{lineno + 1}: cannot read the CoNLL-U file after line {lineno} "
+            f"({type(e).__name__}: {e}); it is truncated, corrupt or not UTF-8 text"
+        ) from e
     finish(lineno + 1 if sentences or current.rows else 1)
     return sentences[:limit] if limit is not None else sentences
 
@@ -402,7 +418,7 @@ class TaggingDataModule(L.LightningDataModule):
             sentence=sentence,
         )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, by_length: bool = True) -> DataLoader:
         if split not in self.splits:
             raise RuntimeError(
                 f"{type(self).__name__}: the {split!r} split is not loaded; call setup() first "
@@ -411,9 +427,12 @@ class TaggingDataModule(L.LightningDataModule):
         dataset = self.splits[split]
         if shuffle and self._generator is None:
             self._generator = torch.Generator().manual_seed(self.seed)
-        sampler = BucketBatchSampler(
-            dataset.lengths, self.batch_size, shuffle=shuffle, generator=self._generator
-        )
+        if by_length:
+            sampler = BucketBatchSampler(
+                dataset.lengths, self.batch_size, shuffle=shuffle, generator=self._generator
+            )
+        else:
+            sampler = BatchSampler(SequentialSampler(dataset), self.batch_size, drop_last=False)
         return DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -432,7 +451,8 @@ class TaggingDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split, shuffle=False)
+        """Batches in the file's order: predictions are written as they come (`InducedTagWriter`)."""
+        return self._loader(self.predict_split, shuffle=False, by_length=False)
 
 
 # ----------------------------------------------------------------------------- UD
@@ -455,8 +475,10 @@ class UDTaggingDataModule(TaggingDataModule):
         seed: seeds the training order.
 
     Raises:
-        DataNotFoundError: no local files and no reachable hub (the message lists the paths tried).
-        ValueError: bad arguments; a malformed CoNLL-U line (file and line named).
+        DataNotFoundError: no local files and no reachable hub (the message lists the paths
+            tried), or a folder with some of the treebank's split files but not all (named).
+        ValueError: bad arguments; a malformed CoNLL-U line or an unreadable file (file and
+            line named); a split without sentences, or a ``max_train_length`` that keeps none.
     """
 
     def __init__(
@@ -489,12 +511,19 @@ class UDTaggingDataModule(TaggingDataModule):
         self.limit = limit
         self.max_train_length = max_train_length
         self.sentences: dict[str, list[Sentence]] = {}
+        self.sources: dict[str, str] = {}
 
     # ------------------------------------------------------------------ files
     def local_files(self) -> dict[str, Path] | None:
         """The three split files under the dataset root, or None when any is missing."""
+        _, found = self._local_candidates()
+        return found if len(found) == len(SPLITS) else None
+
+    def _local_candidates(self) -> tuple[Path | None, dict[str, Path]]:
+        """The folder (the root or one directly under it) with the most split files, and those."""
         root = resolve_data_dir(self.data_dir)
         folders = [root, *sorted(p for p in root.glob("*") if p.is_dir())] if root.is_dir() else []
+        best: tuple[Path | None, dict[str, Path]] = (None, {})
         for folder in folders:
             found = {}
             for split in SPLITS:
@@ -503,26 +532,37 @@ class UDTaggingDataModule(TaggingDataModule):
                     if path.is_file():
                         found[split] = path
                         break
-            if len(found) == len(SPLITS):
-                return found
-        return None
+            if len(found) > len(best[1]):
+                best = (folder, found)
+        return best
 
     def _read(self) -> dict[str, list[Sentence]]:
-        files = self.local_files()
-        if files is not None:
+        """The three splits, from local files or the hub; ``self.sources`` says where each came from."""
+        folder, files = self._local_candidates()
+        if len(files) == len(SPLITS):
+            self.sources = {split: str(path) for split, path in files.items()}
             return {split: read_conllu(path, self.limit) for split, path in files.items()}
+        if files:  # a partial copy: name what is missing rather than go to the hub
+            missing = [f"{self.treebank}-ud-{s}.conllu[.gz]" for s in SPLITS if s not in files]
+            raise DataNotFoundError(
+                f"UD treebank {self.treebank!r}: {folder} holds "
+                f"{', '.join(p.name for p in files.values())} but not {', '.join(missing)}; "
+                f"the datamodule reads the train, dev and test files of one treebank from one folder"
+            )
         root = resolve_data_dir(self.data_dir)
         where = (
             f"{root}/<folder>/{self.treebank}-ud-{{train,dev,test}}.conllu[.gz] "
             f"(the dataset root {root} is {describe_data_dir(self.data_dir)}; "
             f"e.g. {root}/ud_english_ewt/ for en_ewt)"
         )
-        reason = probe_hub()
+        reason = probe_hub(dataset=HUB_UD)
         if reason is not None:
             raise DataNotFoundError(
-                f"UD treebank {self.treebank!r}: no local CoNLL-U files and the Hugging Face hub "
-                f"is unreachable ({reason}). Put the files at {where}, or pass --data.data_dir."
+                f"UD treebank {self.treebank!r}: no local CoNLL-U files, and the Hugging Face "
+                f"dataset {HUB_UD!r} is unreachable ({reason}). Put the files at {where}, or pass "
+                f"--data.data_dir."
             )
+        self.sources = {split: f"{HUB_UD}/{self.treebank} ({split})" for split in SPLITS}
         return _load_hub_treebank(self.treebank, self.limit)
 
     # ------------------------------------------------------------------ setup
@@ -531,9 +571,22 @@ class UDTaggingDataModule(TaggingDataModule):
         if self.vocabulary is not None:
             return
         self.sentences = self._read()
+        for split, sentences in self.sentences.items():
+            if not sentences:
+                raise ValueError(
+                    f"{self.sources[split]}: the {split} split of UD treebank {self.treebank!r} "
+                    f"has no sentence; expected at least one CoNLL-U sentence (is the file empty?)"
+                )
         train = self.sentences["train"]
         if self.max_train_length is not None:
             train = [s for s in train if len(s) <= self.max_train_length]
+            if not train:
+                shortest = min(len(s) for s in self.sentences["train"])
+                raise ValueError(
+                    f"max_train_length={self.max_train_length} keeps no training sentence of "
+                    f"{self.sources['train']} (the shortest has {shortest} words); raise it or "
+                    f"set it to null"
+                )
             self.sentences["train"] = train
         counts = Counter(self._key(w) for s in train for w in s.words)
         self.vocabulary = Vocabulary.from_counts(counts, self.min_count)
