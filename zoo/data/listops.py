@@ -415,11 +415,12 @@ def read_tsv(path: str | os.PathLike[str]) -> list[ListOpsExample]:
                 except ValueError as error:
                     raise ValueError(f"{path}:{number}: {error}: {line.strip()[:80]!r}") from None
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-        # gzip reads ahead in blocks: the damage lies at or after the line named.
+        # gzip reads ahead in blocks: the damage lies at or after the line named. The
+        # message holds the low-level error, which would otherwise be shown in its place.
         raise ValueError(
             f"{path}:{number + 1}: cannot read the ListOps file after line {number} "
             f"({type(e).__name__}: {e}); it is truncated, corrupt or not UTF-8 text"
-        ) from e
+        ) from None
     return examples
 
 

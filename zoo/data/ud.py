@@ -191,11 +191,12 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
                 current.upos.append(upos)
                 current.xpos.append(xpos)
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-        # gzip reads ahead in blocks: the damage lies at or after the line named.
+        # gzip reads ahead in blocks: the damage lies at or after the line named. The
+        # message holds the low-level error, which would otherwise be shown in its place.
         raise ValueError(
             f"{path}:{lineno + 1}: cannot read the CoNLL-U file after line {lineno} "
             f"({type(e).__name__}: {e}); it is truncated, corrupt or not UTF-8 text"
-        ) from e
+        ) from None
     finish(lineno + 1 if sentences or current.rows else 1)
     return sentences[:limit] if limit is not None else sentences
 
