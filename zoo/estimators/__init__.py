@@ -11,7 +11,9 @@ from zoo.estimators.baselines import (
     MovingAverageBaseline,
 )
 from zoo.estimators.exact import Exact
+from zoo.estimators.gapped import GappedStraightThrough
 from zoo.estimators.reinforce import Reinforce
+from zoo.estimators.reinmax import ReinMax
 from zoo.estimators.relaxed import (
     GumbelCRF,
     GumbelRao,
@@ -32,6 +34,7 @@ __all__ = [
     "Estimate",
     "Estimator",
     "Exact",
+    "GappedStraightThrough",
     "GreedyBaseline",
     "GumbelCRF",
     "GumbelRao",
@@ -41,6 +44,7 @@ __all__ = [
     "MovingAverageBaseline",
     "PerturbAndMAP",
     "Reinforce",
+    "ReinMax",
     "STGumbelSoftmax",
     "StraightThrough",
     "TemperedEstimator",
