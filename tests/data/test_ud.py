@@ -296,3 +296,13 @@ def test_bad_arguments() -> None:
         UDTaggingDataModule(min_count=0)
     with pytest.raises(ValueError, match="predict_split"):
         UDTaggingDataModule(predict_split="valid")
+    with pytest.raises(ValueError, match="limit must be >= 1, got 0"):
+        UDTaggingDataModule(limit=0)
+
+
+def test_crlf_line_ends_and_no_final_blank_line_read_the_same(tmp_path: Path) -> None:
+    crlf = write(tmp_path, GOOD.rstrip("\n").replace("\n", "\r\n"), "crlf.conllu")
+    expected = read_conllu(write(tmp_path, GOOD))
+    got = read_conllu(crlf)
+    assert [s.words for s in got] == [s.words for s in expected]
+    assert [s.rows for s in got] == [s.rows for s in expected]
