@@ -32,6 +32,7 @@ from zoo.estimators import (
     DisARM,
     Estimator,
     Exact,
+    GappedStraightThrough,
     GreedyBaseline,
     GumbelCRF,
     GumbelRao,
@@ -41,6 +42,7 @@ from zoo.estimators import (
     MovingAverageBaseline,
     PerturbAndMAP,
     Reinforce,
+    ReinMax,
     STGumbelSoftmax,
     StraightThrough,
     UnorderedSetReinforce,
@@ -115,6 +117,8 @@ ESTIMATORS = [
     EstimatorCase(
         "gumbel_rao", lambda q: GumbelRao(0.5, num_rao=4, num_samples=2), "hard", _is_factorized
     ),
+    EstimatorCase("reinmax", lambda q: ReinMax(1.3, num_samples=2), "hard"),
+    EstimatorCase("gapped_st", lambda q: GappedStraightThrough(0.5, num_samples=2), "hard"),
     EstimatorCase("gumbel_crf", lambda q: GumbelCRF(0.5, num_samples=2), "relaxed", _is_chain),
     EstimatorCase(
         "st_gumbel_crf",

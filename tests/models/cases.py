@@ -15,6 +15,7 @@ import lightning as L
 from zoo.data import SyntheticBinaryDataModule
 from zoo.estimators import (
     Estimator,
+    GappedStraightThrough,
     GreedyBaseline,
     GumbelSoftmax,
     LearnedBaseline,
@@ -22,6 +23,7 @@ from zoo.estimators import (
     MovingAverageBaseline,
     PerturbAndMAP,
     Reinforce,
+    ReinMax,
     STGumbelSoftmax,
     StraightThrough,
 )
@@ -97,6 +99,8 @@ ESTIMATORS: dict[str, Callable[[int], Estimator]] = {
     "reinforce-loo": lambda parts: Reinforce(num_samples=3, baseline=LeaveOneOutBaseline()),
     "reinforce-learned": lambda parts: Reinforce(baseline=LearnedBaseline(parts, 4)),
     "reinforce-greedy": lambda parts: Reinforce(baseline=GreedyBaseline()),
+    "reinmax": lambda parts: ReinMax(temperature=1.3),
+    "gapped-st": lambda parts: GappedStraightThrough(temperature=0.7),
 }
 
 
