@@ -66,6 +66,22 @@ def test_resolve_data_dir_order(monkeypatch, tmp_path):
     assert resolve_data_dir(str(tmp_path / "arg")) == tmp_path / "arg"
 
 
+def test_a_dataset_root_that_is_a_file_says_so(monkeypatch, tmp_path):
+    """ZOO_DATA_DIR=/etc/passwd said '/etc/passwd/binarized_mnist/... (missing)'."""
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    monkeypatch.setenv("ZOO_DATA_DIR", str(a_file))
+    message = (
+        rf"the dataset root {a_file} \(from the environment variable ZOO_DATA_DIR=.*\) is a file"
+    )
+    with pytest.raises(NotADirectoryError, match=message):
+        MNISTDataModule(binarization="fixed").prepare_data()
+    with pytest.raises(
+        NotADirectoryError, match=r"\(from data_dir=.*\) is a file, not a directory"
+    ):
+        resolve_data_dir(str(a_file))
+
+
 def test_env_data_dir_is_used(monkeypatch, shared_data_dir):
     monkeypatch.setenv("ZOO_DATA_DIR", str(shared_data_dir))
     dm = MNISTDataModule(binarization="fixed", limit=5)

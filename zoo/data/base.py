@@ -64,10 +64,20 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
     Returns:
         The directory as a ``Path`` (``~`` expanded; it need not exist).
+
+    Raises:
+        NotADirectoryError: the path names a file, saying where it came from.
     """
+    given = data_dir
     if data_dir is None or str(data_dir) == "":
         data_dir = os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
-    return Path(data_dir).expanduser()
+    root = Path(data_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(
+            f"the dataset root {root} ({describe_data_dir(given)}) is a file, not a directory; "
+            f"point it at the folder that holds the data sets (layout in data/README.md)"
+        )
+    return root
 
 
 def describe_data_dir(data_dir: str | os.PathLike[str] | None) -> str:
