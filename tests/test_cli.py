@@ -196,9 +196,9 @@ def test_resume_from_last_continues_the_temperature_schedule(in_tmp) -> None:
     assert [p.name for p in (in_tmp / "lightning_logs" / "sbn").iterdir()] == ["version_0"]
 
 
-def test_fit_with_last_starts_afresh_when_there_is_none(in_tmp) -> None:
-    cli = fit_sbn("--ckpt_path", "last", max_steps=2)
-    assert cli.trainer.global_step == 2
+def test_fit_with_last_and_nothing_to_resume_is_an_error(in_tmp) -> None:
+    with pytest.raises(ValueError, match="leave --ckpt_path out to start a new run"):
+        fit_sbn("--ckpt_path", "last", max_steps=2)
 
 
 def test_test_with_last_and_no_run_is_an_error(capsys) -> None:

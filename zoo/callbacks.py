@@ -20,9 +20,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from zoo.estimators import Estimator
@@ -32,6 +32,8 @@ __all__ = [
     "LengthCurriculum",
     "SampleImages",
     "TemperatureAnnealing",
+    "ValidationFigures",
+    "ZooCheckpoint",
     "ZooProgressBar",
     "tempered_estimators",
 ]
@@ -346,3 +348,121 @@ class ZooProgressBar(TQDMProgressBar):
         bar = self.test_progress_bar
         bar.n = batch_idx + 1
         bar.refresh()
+
+
+class ValidationFigures(L.Callback):
+    """Log the model's figures and texts about one validation batch (``figures``) to TensorBoard.
+
+    After each validation it asks the model (`LatentVariableModel.figures`) for
+    named matplotlib figures and markdown texts about the first validation
+    batch (or the middle one: the datamodules sort evaluation batches by
+    length, so the middle batch holds typical examples) and what the model's
+    step output for it: ListOps draws the expressions' gold and induced
+    trees, the tagger its confusion with the gold tags and tagged sentences.
+    Rank 0 writes them; with no TensorBoard logger it does nothing.
+
+    Args:
+        num_examples: examples of the batch shown.
+        batch: ``"first"`` or ``"middle"``: which validation batch.
+        every_n_epochs: log after every n-th validation.
+
+    Raises:
+        ValueError: a count below 1 or an unknown ``batch``.
+    """
+
+    def __init__(self, num_examples: int = 4, batch: str = "first", every_n_epochs: int = 1) -> None:
+        super().__init__()
+        if num_examples < 1 or every_n_epochs < 1:
+            raise ValueError(
+                f"num_examples and every_n_epochs must be ≥ 1, got {num_examples} and "
+                f"{every_n_epochs}"
+            )
+        if batch not in ("first", "middle"):
+            raise ValueError(f"batch must be 'first' or 'middle', got {batch!r}")
+        self.num_examples = num_examples
+        self.batch = batch
+        self.every_n_epochs = every_n_epochs
+        self._kept: tuple[dict[str, Any], dict[str, Any]] | None = None
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if dataloader_idx != 0 or not isinstance(batch, dict):
+            return
+        count = trainer.num_val_batches
+        count = int(count[0] if isinstance(count, list) else count)
+        wanted = 0 if self.batch == "first" else count // 2
+        if batch_idx == wanted:
+            self._kept = (batch, outputs if isinstance(outputs, dict) else {})
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        kept, self._kept = self._kept, None
+        if trainer.sanity_checking or kept is None or trainer.current_epoch % self.every_n_epochs:
+            return
+        figures_fn = getattr(pl_module, "figures", None)
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if figures_fn is None or not loggers or trainer.global_rank != 0:
+            return
+        for name, values in figures_fn(*kept, self.num_examples).items():
+            for value in values if isinstance(values, list) else [values]:
+                for logger in loggers:
+                    if isinstance(value, str):
+                        logger.experiment.add_text(f"val/{name}", value, trainer.global_step)
+                    else:
+                        logger.experiment.add_figure(
+                            f"val/{name}", value, trainer.global_step, close=False
+                        )
+                if not isinstance(value, str):
+                    import matplotlib.pyplot as plt
+
+                    plt.close(value)
+
+
+class ZooCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint`, with names that match the step and a plain stop message.
+
+    * ``{step}`` in a file name is the trainer's global step, the step the
+      checkpoint resumes from (Lightning takes the last *logged* ``step``, which
+      lags behind by up to ``log_every_n_steps``).
+    * When training stops on an exception (Ctrl-C, SIGTERM, an error), it says
+      in one line why, at which step, where the checkpoint is and how to resume.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self.trainer = trainer
+
+    def format_checkpoint_name(
+        self,
+        metrics: dict[str, Tensor],
+        filename: str | None = None,
+        ver: int | None = None,
+        prefix: str | None = None,
+    ) -> str:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            metrics = {**metrics, "step": torch.tensor(trainer.global_step)}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if not (self.save_on_exception and self.last_model_path) or trainer.sanity_checking:
+            return
+        if isinstance(exception, KeyboardInterrupt):
+            why = "by Ctrl-C"
+        elif type(exception).__name__ == "SIGTERMException":
+            why = "by SIGTERM"
+        else:
+            why = f"by {type(exception).__name__}: {exception}"
+        rank_zero_info(
+            f"Training stopped {why} at step {trainer.global_step}; saved {self.last_model_path}. "
+            "Resume with the same command plus --ckpt_path last."
+        )

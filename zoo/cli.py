@@ -24,13 +24,22 @@ On top of Lightning's defaults it
   (``simple``, ``advanced``, ...),
 * reads ``--ckpt_path last`` as "the newest ``last.ckpt`` of this experiment":
   the run continues in that run's log directory, so an interrupted ``fit``
-  resumes with the same command plus ``--ckpt_path last`` (and starts afresh
-  when there is none yet); the resumed run draws the same random numbers and
+  resumes with the same command plus ``--ckpt_path last``, and says so when
+  there is nothing to resume; the resumed run draws the same random numbers and
   batches as an uninterrupted one (`LatentVariableModel.on_save_checkpoint`,
   `zoo.data.base.ResumableBatchSampler`),
-* says what is wrong with a command line in one line: a bad value, or the
-  message of the ``ValueError``/``TypeError`` a constructor raised, without the
-  usage or the traceback through jsonargparse (``ZOO_TRACEBACK=1`` shows them), and
+* builds the model of ``--ckpt_path`` from the checkpoint (LightningCLI's rule)
+  and its data from the data settings the checkpoint was trained with (which
+  the CLI stores in every checkpoint under ``"zoo_data"``), with the command
+  line's and config's data settings on top; a checkpoint of another model
+  class, or a file that is no checkpoint, is a one-line error,
+* checks, once the model is built, that its estimator applies to its structure
+  and model (`zoo.estimators.compatibility`),
+* writes no checkpoint under ``--trainer.fast_dev_run``,
+* says what is wrong with a command line in one line: a bad value, the message
+  of the ``ValueError``/``TypeError`` a constructor raised, missing data or a
+  trainer setting Lightning refuses, without the usage or the traceback
+  (``ZOO_TRACEBACK=1`` shows them), and
 * keeps Lightning's advertising tips and a deprecation warning of Lightning's
   own code off the terminal.
 
@@ -43,18 +52,19 @@ import contextlib
 import importlib
 import logging
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
+import torch
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import Namespace, dict_to_namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 # Imported for their side effect as well: class-name shorthand on the command
 # line resolves among the imported subclasses.
@@ -62,10 +72,18 @@ import zoo.callbacks
 import zoo.data
 import zoo.estimators
 import zoo.models
-from zoo.callbacks import TemperatureAnnealing, ZooProgressBar
+from zoo.callbacks import TemperatureAnnealing, ZooCheckpoint, ZooProgressBar
+from zoo.data import DataNotFoundError
+from zoo.estimators.compatibility import (
+    IncompatibleEstimatorError,
+    check_estimator,
+    check_model,
+    structure_of,
+)
 from zoo.models import LatentVariableModel
+from zoo.models.base import MODEL_CLASS_KEY
 
-__all__ = ["ConfigError", "NullProfiler", "ZooCLI", "main"]
+__all__ = ["ConfigError", "DataSettings", "NullProfiler", "ZooCLI", "main", "read_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +104,11 @@ ANNEALING_DEFAULTS = {
     "initial_temperature": None,
 }
 """The ``--annealing.*`` defaults: rate 0, τ stays what the estimator says."""
+
+DATA_KEY = "zoo_data"
+"""Where checkpoints keep the data's config (see `DataSettings`)."""
+LINKED = ("input_dim",)
+"""The model's arguments the data decides (``link_arguments`` below)."""
 
 TRACEBACK_ENV = "ZOO_TRACEBACK"
 """Set to 1 to see the full usage and traceback of a command-line error."""
@@ -108,36 +131,28 @@ def _full_errors() -> bool:
     return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
 
-# What jsonargparse adds around the one line that says what is wrong.
-_NOISE = re.compile(
-    r"^(Expected a <class 'NoneType'>|Given value type:|Given value:|Subtypes:|Errors:|"
-    r"Does not validate against any of the Union subtypes|Problem with given class_path)"
-)
+def essence(error: BaseException | None, message: str) -> str:
+    """What a jsonargparse error says is wrong, after the keys it is under.
 
-
-def essence(message: str) -> str:
-    """The line of a jsonargparse error that says what is wrong, after the keys it is under.
-
-    ``Parser key "lr": Expected a <class 'float'>. Got value: abc`` nested in three
-    union errors becomes ``lr: Expected a <class 'float'>. Got value: abc``.
+    jsonargparse chains its errors (``raise ... from``): each level prefixes the
+    key it parsed, and the innermost error is the reason. ``model.lr: Expected a
+    <class 'float'>. Got value: abc`` comes from three such levels.
     """
     keys: list[str] = []
-    reasons: list[str] = []
-    for raw in message.splitlines():
-        line = raw.strip().removeprefix("- ").strip()
-        if not line or _NOISE.match(line):
-            continue
-        key = re.match(r'^Parser key "([^"]+)":\s*(.*)$', line)
-        if key:
-            keys.append(key.group(1))
-            if key.group(2):
-                reasons.append(key.group(2))
-            continue
-        reasons.append(line)
-    if not reasons:
-        return message.strip()
-    where = ".".join(keys)
-    return f"{where}: {reasons[0]}" if where else reasons[0]
+    deepest: BaseException | None = None
+    while error is not None:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        key = first[len(_KEY_PREFIX) :].split('"', 1)[0] if first.startswith(_KEY_PREFIX) else ""
+        if key and key not in keys[-1:]:  # a level may repeat its parent's key
+            keys.append(key)
+        deepest, error = error, error.__cause__
+    reason = str(deepest).strip().splitlines()[-1] if deepest is not None else message.strip()
+    reason = reason.strip().removeprefix("- ") or message.strip()
+    where = ".".join(k for k in keys if k)
+    return f"{where}: {reason}" if where and not reason.startswith(_KEY_PREFIX) else reason
+
+
+_KEY_PREFIX = 'Parser key "'
 
 
 class ZooArgumentParser(LightningArgumentParser):
@@ -148,7 +163,7 @@ class ZooArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         prog = self.prog.replace(" [options]", "")
         sys.stderr.write(
-            f"error: {essence(message)}\n"
+            f"error: {essence(ex, message)}\n"
             f"({prog} --help lists the options; {TRACEBACK_ENV}=1 shows the full message)\n"
         )
         raise SystemExit(2)
@@ -181,7 +196,7 @@ class ZooCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ZooCheckpoint, "checkpoint")
         # Not among Lightning's callback groups: added in instantiate_trainer, unless
         # trainer.callbacks has a schedule of its own (a config written before this group).
         parser.add_class_arguments(TemperatureAnnealing, "annealing")
@@ -194,7 +209,8 @@ class ZooCLI(LightningCLI):
                 **{f"annealing.{k}": v for k, v in ANNEALING_DEFAULTS.items()},
             }
         )
-        parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
+        for key in LINKED:
+            parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
         parser.add_argument(
             "--progress_bar_refresh_rate",
             type=int,
@@ -208,7 +224,106 @@ class ZooCLI(LightningCLI):
         """The part of a parsed config that belongs to the subcommand being run."""
         return config[self.subcommand] if self.subcommand else config
 
+    # ------------------------------------------------------------------ parsing
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse; then name the logs, find ``--ckpt_path last`` and take the checkpoint's data.
+
+        LightningCLI itself then builds the model from the checkpoint's hyperparameters.
+        """
+        super().parse_arguments(parser, args)
+        self.subcommand = self.config.get("subcommand")
+        if not self.subcommand:
+            return
+        section = self._section(self.config)
+        _name_the_logs(section)
+        checkpoint = self._checkpoint()
+        if checkpoint is None:
+            return
+        _check_model_class(checkpoint, section.model.class_path, section.ckpt_path)
+        self.checkpoint_hparams = checkpoint.get("hyper_parameters", {})
+        data = checkpoint.get(DATA_KEY)
+        if data is None:
+            return
+        # Again, on top of the checkpoint's data settings: what the command line and config
+        # say still wins.
+        base = dict_to_namespace({self.subcommand: {"data": data}})
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args, namespace=base)
+        else:
+            self.config = parser.parse_args(sys.argv[1:] if args is None else args, base)
+        again = self._section(self.config)
+        again.ckpt_path = section.ckpt_path
+        if _tensorboard_config(again) is not None:
+            again.trainer.logger = section.trainer.logger
+
+    def _checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint of ``--ckpt_path`` (``last`` resolved to its file), or None."""
+        section = self._section(self.config)
+        path = section.get("ckpt_path")
+        if path == "last":
+            path = section.ckpt_path = self._find_last(section)
+        if path is None or path in ("best", "hpc", "last") or str(path).startswith("registry"):
+            return None
+        return read_checkpoint(path)
+
+    def _find_last(self, config: Namespace) -> str:
+        """The newest ``last.ckpt`` of this experiment; the logger then goes on in its run.
+
+        "This experiment" means the same model class and estimator(s), read from
+        the ``config.yaml`` each run saves next to its checkpoints.
+
+        Raises:
+            ConfigError: there is none (``fit`` would start afresh, anything else
+                would run on random weights).
+        """
+        logger = _tensorboard_config(config)
+        if config.checkpoint.dirpath is not None:
+            where = Path(config.checkpoint.dirpath)
+            runs = sorted(where.glob("last*.ckpt"), key=os.path.getmtime, reverse=True)
+            if runs:
+                return str(runs[0])
+        elif logger is None:
+            return "last"  # another logger: Lightning looks for it
+        else:
+            root = Path(logger.init_args.save_dir) / str(logger.init_args.name)
+            version = logger.init_args.get("version")
+            where = root if version is None else root / _version_folder(version)
+            dumped = yaml.safe_load(self.parser.dump(self.config, skip_check=True))
+            wanted = _experiment(dumped.get(self.subcommand, dumped))
+            runs = sorted(where.glob("**/checkpoints/last*.ckpt"), key=os.path.getmtime)
+            for ckpt in reversed(runs):
+                saved = ckpt.parent.parent / "config.yaml"
+                if saved.is_file() and _experiment(yaml.safe_load(saved.read_text())) == wanted:
+                    run = ckpt.parent.parent.name
+                    number = run.removeprefix("version_")
+                    logger.init_args.version = int(number) if number.isdigit() else run
+                    return str(ckpt)
+            where = where / "*" / "checkpoints" if version is None else where / "checkpoints"
+        raise ConfigError(
+            f"--ckpt_path last: no run of this model and estimator with a last.ckpt under "
+            f"{where}/; leave --ckpt_path out to start a new run, or give a checkpoint's path"
+        )
+
     # --------------------------------------------------------------- instantiation
+    def before_instantiate_classes(self) -> None:
+        """Check the estimator against the model's class before anything is built.
+
+        So the reason comes first (VIMCO on a model without a joint likelihood),
+        not an argument the estimator would reject on the way.
+        """
+        model = self._section(self.config).model
+        model_class = _import_class(model.class_path)
+        estimator = model.get("init_args", Namespace()).get("estimator")
+        if not isinstance(model_class, type) or not isinstance(estimator, Namespace):
+            return
+        estimator_class = _import_class(estimator.get("class_path", ""))
+        if isinstance(estimator_class, type):
+            joint = getattr(model_class, "has_joint_nll", lambda: True)()
+            try:
+                check_estimator(estimator_class, structure_of(model_class), model_class, joint)
+            except IncompatibleEstimatorError as error:
+                raise ConfigError(str(error)) from error
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -216,6 +331,21 @@ class ZooCLI(LightningCLI):
             if isinstance(error, ConfigError):
                 raise
             raise ConfigError(_constructor_message(error)) from error
+
+    def after_instantiate_classes(self) -> None:
+        """Check the built model: its estimator, and the sizes its checkpoint was trained with."""
+        try:
+            check_model(self.model)
+        except IncompatibleEstimatorError as error:
+            raise ConfigError(str(error)) from error
+        trained = getattr(self, "checkpoint_hparams", {})
+        for key in LINKED:
+            if key in trained and trained[key] != self.model.hparams.get(key):
+                raise ConfigError(
+                    f"the data gives {key}={self.model.hparams.get(key)}, but the checkpoint's model "
+                    f"was trained with {key}={trained[key]}: these data settings differ from the "
+                    f"ones it was trained with (leave the --data flags out to use those)"
+                )
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         config = self._section(self.config_init)
@@ -225,7 +355,11 @@ class ZooCLI(LightningCLI):
         configured = (config.get("trainer") or {}).get("callbacks") or []
         configured = list(configured) if isinstance(configured, list) else [configured]
         annealing = self._annealing(configured, config)
-        trainer = super().instantiate_trainer(**kwargs, callbacks=configured + annealing)
+        data = DataSettings(_plain(self.parser, self.config, self.subcommand, "data"))
+        trainer = super().instantiate_trainer(**kwargs, callbacks=[*configured, *annealing, data])
+        if trainer.fast_dev_run:  # Lightning still writes last.ckpt at the end
+            for callback in [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]:
+                trainer.callbacks.remove(callback)
         bar = trainer.progress_bar_callback
         # Only the bar Lightning added itself (none was configured) is replaced.
         if type(bar) in (TQDMProgressBar, RichProgressBar) and all(
@@ -251,53 +385,98 @@ class ZooCLI(LightningCLI):
             )
         return []
 
-    # ----------------------------------------------------------- before instantiation
-    def before_instantiate_classes(self) -> None:
-        config = self._section(self.config)
-        logger = _tensorboard_config(config)
-        if logger is not None:
-            if logger.init_args.get("name") is None:
-                logger.init_args.name = _family(config.model.class_path)
-            root = config.get("trainer", Namespace()).get("default_root_dir")
-            save_dir = Path(str(logger.init_args.save_dir))
-            if root is not None and not save_dir.is_absolute():
-                # Lightning's promise: default_root_dir is the root of logs and checkpoints.
-                logger.init_args.save_dir = str(Path(root) / save_dir)
-        if self.subcommand and config.get("ckpt_path") == "last":
-            self._resolve_last(config, logger)
 
-    def _resolve_last(self, config: Namespace, logger: Namespace | None) -> None:
-        """Point the logger at the newest run of this experiment that has a ``last.ckpt``.
+class DataSettings(L.Callback):
+    """Keeps the data's config in every checkpoint (``checkpoint["zoo_data"]``).
 
-        "This experiment" means the same model class and estimator(s), read from
-        the ``config.yaml`` each run saves next to its checkpoints; Lightning then
-        finds ``last.ckpt`` in that run's checkpoint folder, and the run goes on
-        logging into the same directory.
-        """
-        if config.checkpoint.dirpath is not None:
-            return  # Lightning looks for last.ckpt in the fixed dirpath itself
-        if logger is None or logger.init_args.get("version") is not None:
-            return
-        root = Path(logger.init_args.save_dir) / str(logger.init_args.name)
-        dumped = yaml.safe_load(self.parser.dump(self.config, skip_check=True))
-        wanted = _experiment(dumped.get(self.subcommand, dumped))
-        runs = sorted(root.glob("*/checkpoints/last*.ckpt"), key=os.path.getmtime, reverse=True)
-        for ckpt in runs:
-            saved = ckpt.parent.parent / "config.yaml"
-            if saved.is_file() and _experiment(yaml.safe_load(saved.read_text())) == wanted:
-                run = ckpt.parent.parent.name
-                version = run.removeprefix("version_")
-                logger.init_args.version = int(version) if version.isdigit() else run
-                return
-        if self.subcommand != "fit":  # anything but fit would run on random weights
-            raise ConfigError(
-                f"--ckpt_path last: no run of this model and estimator with a last.ckpt under "
-                f"{root}/*/checkpoints/; train it first or give the checkpoint's path"
-            )
-        log.info(
-            "--ckpt_path last: no earlier run of this experiment under %s; starting afresh", root
+    So ``train.py test|predict --ckpt_path`` rebuilds the data the model was
+    trained on (vocabulary, sizes, label sets all follow from it).
+
+    Args:
+        config: the datamodule's ``class_path``/``init_args``, plain values only.
+    """
+
+    def __init__(self, config: dict[str, Any] | None) -> None:
+        self.config = config
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.config is not None:
+            checkpoint[DATA_KEY] = self.config
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint at ``path``, read with ``torch.load``'s safe default.
+
+    Raises:
+        ConfigError: no such file, or a file that is no Lightning checkpoint.
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and torch errors alike: the file is none
+        raise ConfigError(
+            f"--ckpt_path {path} is not a checkpoint (torch.load failed: {type(error).__name__})"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(
+            f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict)"
         )
-        config.ckpt_path = None
+    return checkpoint
+
+
+def _check_model_class(checkpoint: dict[str, Any], asked: str | None, path: str) -> None:
+    """A checkpoint of another model class than the command's is an error."""
+    saved = checkpoint.get(MODEL_CLASS_KEY) or checkpoint.get("hyper_parameters", {}).get(
+        "_class_path"
+    )
+    if saved is None or asked is None:
+        return
+    saved_class, asked_class = _import_class(saved), _import_class(asked)
+    if saved_class is None or asked_class is None or saved_class is asked_class:
+        return
+    raise ConfigError(
+        f"--ckpt_path {path} holds a {saved_class.__name__} ({saved}), but the command builds a "
+        f"{asked_class.__name__}: give the config it was trained with"
+    )
+
+
+def _import_class(path: str) -> type | None:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _name_the_logs(config: Namespace) -> None:
+    """TensorBoard logs go under ``<default_root_dir>/lightning_logs/<family>``."""
+    logger = _tensorboard_config(config)
+    if logger is None:
+        return
+    if logger.init_args.get("name") is None:
+        logger.init_args.name = _family(config.model.class_path)
+    root = config.get("trainer", Namespace()).get("default_root_dir")
+    save_dir = Path(str(logger.init_args.save_dir))
+    if root is not None and not save_dir.is_absolute() and not save_dir.is_relative_to(root):
+        # Lightning's promise: default_root_dir is the root of logs and checkpoints.
+        logger.init_args.save_dir = str(Path(root) / save_dir)
+
+
+def _version_folder(version: Any) -> str:
+    return f"version_{version}" if isinstance(version, int) else str(version)
+
+
+def _plain(parser: LightningArgumentParser, config: Namespace, subcommand: str | None, key: str):
+    """The ``key`` section of the config as plain values (what YAML would hold), or None."""
+    try:
+        dumped = yaml.safe_load(parser.dump(config, skip_check=True))
+    except Exception:  # a value without a plain form: the section is not kept
+        return None
+    section = dumped.get(subcommand, dumped) if subcommand else dumped
+    return section.get(key)
 
 
 def _constructor_message(error: BaseException) -> str:
@@ -312,7 +491,7 @@ def _constructor_message(error: BaseException) -> str:
         inner = inner.__cause__ or inner.__context__
     if deepest is not error and isinstance(deepest, (ValueError, TypeError)):
         return str(deepest)
-    return essence(str(error))
+    return essence(error, str(error))
 
 
 def quiet_lightning() -> None:
@@ -331,8 +510,11 @@ def quiet_lightning() -> None:
 
 
 class _NoTips(logging.Filter):
+    """Drops Lightning's tips and its stop message (`ZooCheckpoint` says it in words)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        message = str(record.msg)
+        return not (message.startswith("💡 Tip") or " was raised with message: " in message)
 
 
 def _experiment(config: dict[str, Any]) -> tuple[Any, ...]:
@@ -365,8 +547,9 @@ def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
     """Run the zoo's command line; ``args`` as after ``train.py`` (None: ``sys.argv``).
 
     A `ConfigError` (a value a constructor rejected, say
-    ``--model.estimator.temperature=0``) ends the program with its message
-    alone and exit status 2; ``ZOO_TRACEBACK=1`` raises it with its traceback.
+    ``--model.estimator.temperature=0``), a `zoo.data.DataNotFoundError` or a
+    trainer setting Lightning refuses ends the program with its message alone
+    and exit status 2; ``ZOO_TRACEBACK=1`` raises it with its traceback.
 
     Args:
         args: the command-line arguments; None reads ``sys.argv``.
@@ -380,7 +563,7 @@ def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
     """
     try:
         cli = ZooCLI(args=args, run=run)
-    except ConfigError as error:
+    except (ConfigError, DataNotFoundError, MisconfigurationException) as error:
         if _full_errors():
             raise
         sys.stderr.write(f"error: {error}\n({TRACEBACK_ENV}=1 shows the traceback)\n")

@@ -1,0 +1,270 @@
+"""The command line on bad and edge inputs: checkpoints that carry their data, one-line errors.
+
+Each test is one row of ``docs/reliability.md`` ("Command line and checkpoints").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from tests.models.cases import quiet_trainer_args, synthetic_args
+from tests.test_cli import TINY_VAE, FailAt, run_train_py
+from zoo.cli import ConfigError, ZooCLI, main
+from zoo.estimators import (
+    ARM,
+    VIMCO,
+    DisARM,
+    Exact,
+    GumbelCRF,
+    GumbelRao,
+    GumbelSoftmax,
+    Reinforce,
+    StraightThrough,
+    UnorderedSetReinforce,
+)
+from zoo.estimators.compatibility import (
+    IncompatibleEstimatorError,
+    applies_to,
+    check_estimator,
+    compatibility_table,
+)
+from zoo.structures import (
+    Bernoulli,
+    Categorical,
+    DependencyCRF,
+    LinearChainCRF,
+    NonProjectiveDependencyCRF,
+    TreeCRF,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TAGGER = ROOT / "configs" / "tagger" / "hmm-exact.yaml"
+# A tagger config whose data block has the class the run uses (as every tagger config does).
+TINY_DATA = {
+    "class_path": "zoo.data.SyntheticHMMDataModule",
+    "init_args": {
+        "num_states": 4,
+        "num_train": 32,
+        "num_val": 16,
+        "num_test": 16,
+        "batch_size": 16,
+    },
+}
+TINY_TAGGER = [
+    "--config", "tagger.yaml", "--model.num_tags=4",
+    "--model.gold_tags=[states]", "--model.embedding_dim=8", "--model.hidden_size=8",
+    *quiet_trainer_args(),
+]  # fmt: skip
+VAE = ["--model.estimator=GumbelSoftmax", *TINY_VAE, *synthetic_args(), *quiet_trainer_args()]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["train.py"])  # pytest's own arguments are not the CLI's
+    config = {**yaml.safe_load(TAGGER.read_text()), "data": TINY_DATA}
+    (tmp_path / "tagger.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.delenv("ZOO_TRACEBACK", raising=False)
+    return tmp_path
+
+
+def one_line_error(capsys, args: list[str]) -> str:
+    """The error ``train.py`` prints for ``args``: exit status 2 and the message first."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: ") and "Traceback" not in "\n".join(err), err
+    return err[0]
+
+
+# ------------------------------------------------------------- checkpoints carry their data
+def test_test_from_a_checkpoint_uses_the_data_it_was_trained_on(in_tmp) -> None:
+    # fit on a 30-word vocabulary; test without repeating --data.vocab_size
+    ZooCLI(["fit", *TINY_TAGGER, "--data.vocab_size=30", "--trainer.max_steps=2"])
+    ckpt = next(in_tmp.glob("lightning_logs/tagger/version_0/checkpoints/last.ckpt"))
+    tested = ZooCLI(["test", *TINY_TAGGER, f"--ckpt_path={ckpt}"])
+    assert tested.datamodule.vocab_size == 30
+    assert tested.model.input_dim == 32  # 30 words, <pad> and <unk>
+    assert float(tested.trainer.callback_metrics["test/nll"]) > 0
+    # What the command line says still wins over the checkpoint's data settings...
+    again = ZooCLI(["test", *TINY_TAGGER, f"--ckpt_path={ckpt}", "--data.batch_size=4"])
+    assert again.datamodule.batch_size == 4 and again.datamodule.vocab_size == 30
+
+
+def test_data_that_does_not_fit_the_checkpoint_is_one_line(in_tmp, capsys) -> None:
+    ZooCLI(["fit", *TINY_TAGGER, "--data.vocab_size=30", "--trainer.max_steps=1"])
+    ckpt = next(in_tmp.glob("lightning_logs/tagger/version_0/checkpoints/last.ckpt"))
+    line = one_line_error(
+        capsys, ["test", *TINY_TAGGER, f"--ckpt_path={ckpt}", "--data.vocab_size=40"]
+    )
+    assert (
+        "the data gives input_dim=42, but the checkpoint's model was trained with input_dim=32"
+        in line
+    )
+
+
+def test_test_with_last_builds_the_model_from_the_checkpoint(in_tmp) -> None:
+    ZooCLI(["fit", *VAE, "--model.hidden_sizes=[8]", "--trainer.max_steps=2"])
+    # Another hidden size on the command line: the checkpoint's wins, with --ckpt_path last too.
+    tested = ZooCLI(["test", *VAE, "--model.hidden_sizes=[5]", "--ckpt_path", "last"])
+    assert tested.model.hparams.hidden_sizes == [8]
+
+
+def test_a_checkpoint_of_another_model_class_is_one_line(in_tmp, capsys) -> None:
+    ZooCLI(["fit", *TINY_TAGGER, "--trainer.max_steps=1"])
+    ckpt = next(in_tmp.glob("lightning_logs/tagger/version_0/checkpoints/last.ckpt"))
+    line = one_line_error(capsys, ["test", *VAE, f"--ckpt_path={ckpt}"])
+    assert "holds a NeuralHMMTagger" in line and "the command builds a CategoricalVAE" in line
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", None], ids=["text", "missing"])
+def test_a_file_that_is_no_checkpoint_is_one_line(in_tmp, capsys, content) -> None:
+    path = in_tmp / "model.ckpt"
+    if content is not None:
+        path.write_bytes(content)
+    line = one_line_error(capsys, ["test", *VAE, f"--ckpt_path={path}"])
+    expected = "is not a checkpoint" if content is not None else "no such file"
+    assert line.startswith(f"error: --ckpt_path {path}") and expected in line
+
+
+# ------------------------------------------------------------------ resume and interrupt
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_last_with_nothing_to_resume_is_an_error(in_tmp, capsys, subcommand: str) -> None:
+    line = one_line_error(
+        capsys, [subcommand, *VAE, "--trainer.max_steps=1", "--ckpt_path", "last"]
+    )
+    assert "--ckpt_path last: no run of this model and estimator" in line
+    assert not (in_tmp / "lightning_logs").exists() or not list(in_tmp.rglob("*.ckpt"))
+
+
+def test_the_interrupt_checkpoint_is_named_after_its_step_and_says_why(in_tmp) -> None:
+    fail = ["--trainer.callbacks+=tests.test_cli.FailAt", "--trainer.callbacks.ctrl_c=true",
+            "--trainer.callbacks.step=7", "--trainer.log_every_n_steps=5"]  # fmt: skip
+    result = run_train_py("fit", *VAE, *fail, "--trainer.max_steps=100")
+    assert result.returncode == 1  # Lightning's exit status after Ctrl-C
+    folder = in_tmp / "lightning_logs" / "vae" / "version_0" / "checkpoints"
+    names = sorted(p.name for p in folder.iterdir())
+    # Lightning named it after the last logged step (4); it holds step 7.
+    assert "epoch=1-step=7.ckpt" in names, names
+    assert torch.load(folder / "epoch=1-step=7.ckpt", weights_only=True)["global_step"] == 7
+    text = result.stdout + result.stderr
+    assert "Training stopped by Ctrl-C at step 7; saved lightning_logs/vae/version_0" in text
+    assert "--ckpt_path last" in text and "was raised with message" not in text
+    assert FailAt  # the callback the command line names
+
+
+def test_fast_dev_run_writes_nothing(in_tmp) -> None:
+    ZooCLI(["fit", *VAE, "--trainer.fast_dev_run=true"])
+    assert not list(in_tmp.rglob("*.ckpt")), list(in_tmp.rglob("*"))
+
+
+# ---------------------------------------------------------------- one-line errors
+def test_missing_data_is_one_line(in_tmp, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("ZOO_DATA_DIR", str(in_tmp / "nowhere"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["fit", "--config", str(ROOT / "configs" / "vae" / "categorical-gumbel.yaml")]
+    line = one_line_error(capsys, [*args, "--trainer.max_steps=1", *quiet_trainer_args()])
+    assert "nowhere" in line or "MNIST" in line
+
+
+def test_a_trainer_setting_lightning_refuses_is_one_line(in_tmp, capsys) -> None:
+    line = one_line_error(capsys, ["fit", *VAE, "--trainer.max_steps=-5"])
+    assert "max_steps" in line and "-5" in line
+
+
+def test_traceback_on_request(in_tmp) -> None:
+    result = run_train_py("fit", *VAE, "--trainer.max_steps=-5", extra_env={"ZOO_TRACEBACK": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+# ------------------------------------------------ estimator × structure × model
+STRUCTURES = {
+    Categorical: lambda: Categorical(torch.randn(2, 3, 4)),
+    Bernoulli: lambda: Bernoulli(torch.randn(2, 3)),
+    LinearChainCRF: lambda: LinearChainCRF(torch.randn(2, 3, 3, 3)),
+    DependencyCRF: lambda: DependencyCRF(torch.randn(2, 4, 4)),
+    NonProjectiveDependencyCRF: lambda: NonProjectiveDependencyCRF(torch.randn(2, 4, 4)),
+    TreeCRF: lambda: TreeCRF(torch.randn(2, 4, 4, 1)),
+}
+ESTIMATORS = {
+    Exact: Exact,
+    GumbelSoftmax: GumbelSoftmax,
+    StraightThrough: StraightThrough,
+    Reinforce: lambda: Reinforce(num_samples=2),
+    ARM: ARM,
+    DisARM: DisARM,
+    GumbelCRF: GumbelCRF,
+    GumbelRao: lambda: GumbelRao(num_rao=2),
+    UnorderedSetReinforce: lambda: UnorderedSetReinforce(num_samples=2),
+    VIMCO: lambda: VIMCO(num_samples=2),
+}
+
+
+@pytest.mark.parametrize("structure", list(STRUCTURES), ids=lambda s: s.__name__)
+@pytest.mark.parametrize("estimator", list(ESTIMATORS), ids=lambda e: e.__name__)
+def test_the_compatibility_table_is_what_the_code_does(estimator, structure) -> None:
+    """Where the table says ✓ the estimator runs; where –, it raises at call time and at build."""
+    q = STRUCTURES[structure]().with_potentials(
+        STRUCTURES[structure]().log_potentials.requires_grad_()
+    )
+    est = ESTIMATORS[estimator]().train()
+
+    def run() -> None:
+        out = est(q, lambda z: z.flatten(2).sum(-1))
+        out.objective.sum().backward()
+
+    if applies_to(estimator, structure):
+        check_estimator(est, structure)
+        run()
+    else:
+        with pytest.raises(IncompatibleEstimatorError, match=f"{estimator.__name__} needs"):
+            check_estimator(est, structure)
+        with pytest.raises(TypeError):
+            run()
+
+
+def test_the_documented_table_is_the_generated_one() -> None:
+    table = compatibility_table(ESTIMATORS, STRUCTURES)
+    assert table in (ROOT / "docs" / "estimator-reference.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model.estimator=GumbelCRF"], "GumbelCRF needs a structure with relaxed forward-filtering"),
+        (["--model.estimator=DisARM"], "DisARM needs a Bernoulli structure (independent bits); CategoricalVAE builds a Categorical"),
+    ],
+    ids=["gumbel-crf-on-categorical", "disarm-on-categorical"],
+)  # fmt: skip
+def test_an_estimator_that_does_not_apply_is_one_line(in_tmp, capsys, args, expected) -> None:
+    line = one_line_error(
+        capsys, ["fit", *TINY_VAE, *args, *synthetic_args(), "--trainer.max_steps=1"]
+    )
+    assert expected in line
+
+
+def test_vimco_on_a_model_without_a_joint_says_so(in_tmp, capsys) -> None:
+    # The config's estimator has num_samples: 1, which VIMCO would reject first.
+    line = one_line_error(capsys, ["fit", *TINY_TAGGER, "--model.estimator=VIMCO"])
+    assert "this model has no joint likelihood (NeuralHMMTagger writes no joint_nll" in line
+
+
+def test_gumbel_crf_on_a_dependency_tree_is_one_line(in_tmp, capsys) -> None:
+    config = ROOT / "configs" / "listops" / "dependency-st-gumbel.yaml"
+    args = ["fit", "--config", str(config), "--model.estimator=GumbelCRF", "--data.num_train=8",
+            "--data.num_val=8", "--trainer.max_steps=1", *quiet_trainer_args()]  # fmt: skip
+    line = one_line_error(capsys, args)
+    assert "GumbelCRF needs" in line and "builds a DependencyCRF" in line
+
+
+def test_vimco_still_trains_the_vae(in_tmp) -> None:
+    cli = ZooCLI(["fit", *TINY_VAE, "--model.estimator=VIMCO", *synthetic_args(),
+                  *quiet_trainer_args(), "--trainer.max_steps=1"])  # fmt: skip
+    assert isinstance(cli.model.estimator, VIMCO)
+    assert isinstance(cli.trainer, L.Trainer) and ConfigError
