@@ -149,6 +149,9 @@ def test_missing_files_fail_fast_saying_where(
     import zoo.data.hub as hub
 
     monkeypatch.setattr(hub, "_hub_endpoint", lambda: "http://127.0.0.1:9")  # nothing listens
+    for proxy in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+        monkeypatch.delenv(proxy.upper(), raising=False)
     dm = UDTaggingDataModule(treebank="xx_none", data_dir=str(tmp_path))
     with pytest.raises(DataNotFoundError) as info:
         dm.setup()
