@@ -18,12 +18,14 @@ from zoo.callbacks import SampleImages, TemperatureAnnealing
 from zoo.cli import ZooCLI, main
 from zoo.data import MNISTDataModule
 from zoo.estimators import (
+    GappedStraightThrough,
     GumbelSoftmax,
     LearnedBaseline,
     LeaveOneOutBaseline,
     MovingAverageBaseline,
     PerturbAndMAP,
     Reinforce,
+    ReinMax,
     STGumbelSoftmax,
     StraightThrough,
 )
@@ -53,6 +55,8 @@ ESTIMATOR_CLASSES = {
     "reinforce-ema": (Reinforce, MovingAverageBaseline),
     "reinforce-loo": (Reinforce, LeaveOneOutBaseline),
     "reinforce-learned": (Reinforce, LearnedBaseline),
+    "reinmax": (ReinMax, None),
+    "gapped-st": (GappedStraightThrough, None),
 }
 
 
