@@ -49,9 +49,9 @@ from zoo.estimators import (
     StraightThrough,
 )
 from zoo.models.tagger import (
+    HMMPosterior,
     LSTMTagger,
     MarginalExpectation,
-    MarginalLikelihoodHMM,
     NeuralHMMTagger,
 )
 
@@ -73,9 +73,9 @@ ANCHORS = "45-tag M-1 anchors: 79.5 (Stratos 2019), 79.2 (He et al. 2018), 76.5 
 
 def build(setting: str, clusters: int, vocab: int, args: argparse.Namespace) -> L.LightningModule:
     sizes = {"num_tags": clusters, "input_dim": vocab, "embedding_dim": args.dim,
-             "hidden_size": args.dim, "lr": args.lr, "num_logged_sentences": 0}  # fmt: skip
+             "hidden_size": args.dim, "lr": args.lr}  # fmt: skip
     if setting == "marginal-likelihood":
-        return MarginalLikelihoodHMM(**sizes)
+        return NeuralHMMTagger(MarginalExpectation(), HMMPosterior(), **sizes)
     return NeuralHMMTagger(SETTINGS[setting](), **sizes)
 
 
@@ -181,7 +181,7 @@ def variance_experiment(
     L.seed_everything(0, verbose=False)
     model = LSTMTagger(GumbelCRF(temperature=1.0), num_tags=45, input_dim=data.input_dim,
                        embedding_dim=args.dim, hidden_size=args.dim, lr=args.lr,
-                       num_importance_samples=0, num_logged_sentences=0)  # fmt: skip
+                       num_importance_samples=0)  # fmt: skip
     middle = list(data.val_dataloader())[len(data.val_dataloader()) // 2]  # typical lengths
     batch = {k: v[:16] if torch.is_tensor(v) else v[:16] for k, v in middle.items()}
     probe = VarianceProbe(batch, args.variance_every, args.variance_draws)

@@ -38,8 +38,8 @@ from zoo.data.ud import UDTaggingDataModule
 from zoo.estimators import GumbelCRF, LeaveOneOutBaseline, Reinforce, StraightThrough
 from zoo.metrics.clustering import many_to_one
 from zoo.models.tagger import (
+    HMMPosterior,
     MarginalExpectation,
-    MarginalLikelihoodHMM,
     NeuralHMMTagger,
     chain_tags,
 )
@@ -66,12 +66,12 @@ def parse(spec: str) -> tuple[str, dict]:
 def build(spec: str, clusters: int, vocab: int, gold: str, args) -> L.LightningModule:
     name, opts = parse(spec)
     sizes = {"num_tags": clusters, "input_dim": vocab, "embedding_dim": args.dim,
-             "hidden_size": args.dim, "lr": args.lr, "num_logged_sentences": 0,
+             "hidden_size": args.dim, "lr": args.lr,
              "gold_tags": (gold,)}  # fmt: skip
     sizes["emission_features"] = int(opts.get("feat", 0))
     sizes["char_emission"] = bool(int(opts.get("char", 0)))
     if name == "marginal-likelihood":
-        return MarginalLikelihoodHMM(**sizes)
+        return NeuralHMMTagger(MarginalExpectation(), HMMPosterior(), **sizes)
     return NeuralHMMTagger(
         estimator(name, opts),
         warmup_steps=int(opts.get("warmup", 0)),

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zoo.data.ud import UDTaggingDataModule
 from zoo.estimators import GumbelCRF, LeaveOneOutBaseline, Reinforce
-from zoo.models.tagger import MarginalExpectation, MarginalLikelihoodHMM, NeuralHMMTagger
+from zoo.models.tagger import HMMPosterior, MarginalExpectation, NeuralHMMTagger
 
 SETTINGS = {
     "marginal-likelihood": None,
@@ -42,9 +42,9 @@ SETTINGS = {
 
 def build(setting: str, vocab: int, dim: int) -> L.LightningModule:
     sizes = {"num_tags": 45, "input_dim": vocab, "embedding_dim": dim, "hidden_size": dim,
-             "num_logged_sentences": 0, "gold_tags": ()}  # fmt: skip
+             "gold_tags": ()}  # fmt: skip
     if setting == "marginal-likelihood":
-        return MarginalLikelihoodHMM(**sizes)
+        return NeuralHMMTagger(MarginalExpectation(), HMMPosterior(), **sizes)
     return NeuralHMMTagger(SETTINGS[setting](), **sizes)
 
 

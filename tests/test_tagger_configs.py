@@ -28,9 +28,9 @@ from zoo.estimators import (
     StraightThrough,
 )
 from zoo.models.tagger import (
+    HMMPosterior,
     LSTMTagger,
     MarginalExpectation,
-    MarginalLikelihoodHMM,
     NeuralHMMTagger,
 )
 
@@ -78,7 +78,8 @@ def test_config_names_what_it_builds(path: Path) -> None:
     assert config["data"]["class_path"] == "zoo.data.ud.UDTaggingDataModule"
     assert "input_dim" not in model["init_args"]  # linked from the data
     if estimator == "marginal-likelihood":
-        assert model["class_path"] == "zoo.models.tagger.MarginalLikelihoodHMM"
+        assert model["class_path"] == "zoo.models.tagger.NeuralHMMTagger"
+        assert model["init_args"]["encoder"]["class_path"] == "zoo.models.tagger.HMMPosterior"
         return
     assert model["class_path"] == f"zoo.models.tagger.{DECODERS[decoder].__name__}"
     kind, baseline = ESTIMATORS[estimator]
@@ -103,7 +104,7 @@ def test_hmm_configs_default_to_the_recipe(path: Path) -> None:
     assert args["generative_objective"] == "marginal"
     temperature = args["estimator"].get("init_args", {}).get("temperature")
     assert temperature in (None, 0.5)
-    assert not config["trainer"]["callbacks"]  # no annealing of τ
+    assert not [c for c in config["trainer"]["callbacks"] if "Annealing" in c["class_path"]]  # τ fixed
 
 
 @pytest.mark.skipif(not HAS_EWT, reason="UD English EWT not found under $ZOO_DATA_DIR or data/")
@@ -115,8 +116,8 @@ def test_every_config_runs_fast_dev_run_on_a_limited_ewt(path: Path, tmp_path, m
     tiny = ["--model.num_tags=6", "--data.batch_size=8", "--data.max_train_length=15"]
     cli = ZooCLI([*args, *SMALL, *tiny, *quiet_trainer_args()])
     decoder, estimator = parts(path)
-    want = MarginalLikelihoodHMM if estimator == "marginal-likelihood" else DECODERS[decoder]
-    assert type(cli.model) is want
+    assert type(cli.model) is DECODERS[decoder]
+    assert isinstance(cli.model.encoder, HMMPosterior) == (estimator == "marginal-likelihood")
     assert cli.model.input_dim == cli.datamodule.input_dim
     metrics = cli.trainer.callback_metrics
     assert float(metrics["train/neg_elbo"]) > 0

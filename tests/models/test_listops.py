@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zoo.callbacks import ValidationFigures
 from zoo.data.listops import (
     DIGITS,
     VOCABULARY,
@@ -253,6 +254,7 @@ def test_validation_logs_accuracy_and_tree_agreement_by_bucket(tmp_path) -> None
     trainer = L.Trainer(
         max_epochs=1,
         logger=L.pytorch.loggers.TensorBoardLogger(tmp_path),
+        callbacks=[ValidationFigures()],  # the trees, drawn
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

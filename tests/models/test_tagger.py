@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.models.cases import quiet_trainer
+from zoo.callbacks import ValidationFigures
 from zoo.data.hmm import SyntheticHMMDataModule
 from zoo.estimators import (
     Exact,
@@ -22,10 +23,10 @@ from zoo.estimators import (
     StraightThrough,
 )
 from zoo.models.tagger import (
+    HMMPosterior,
     InducedTagWriter,
     LSTMTagger,
     MarginalExpectation,
-    MarginalLikelihoodHMM,
     NeuralHMMTagger,
     chain_potentials,
     chain_tags,
@@ -51,8 +52,6 @@ def hmm(estimator=None, cls=NeuralHMMTagger, **kwargs):
         "gold_tags": ("states",),
     }
     args.update(kwargs)
-    if cls is MarginalLikelihoodHMM:
-        return cls(**args)
     return cls(MarginalExpectation() if estimator is None else estimator, **args)
 
 
@@ -94,7 +93,7 @@ def test_exact_mode_gradient_is_the_gradient_of_log_px_at_the_exact_posterior() 
     for a, b in zip(elbo_grads, nll_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     # The marginal-likelihood baseline trains on exactly this gradient.
-    baseline = hmm(cls=MarginalLikelihoodHMM)
+    baseline = hmm(encoder=HMMPosterior())
     torch.testing.assert_close(baseline(BATCH), nll)
 
 
@@ -220,7 +219,7 @@ def test_lstm_tagger_importance_sampled_log_px_is_below_the_exact_bound() -> Non
     "make",
     [
         lambda: hmm(),
-        lambda: hmm(cls=MarginalLikelihoodHMM),
+        lambda: hmm(encoder=HMMPosterior()),
         lambda: hmm(Reinforce(2, LeaveOneOutBaseline()), char_emission=True, num_chars=16),
         lambda: hmm(STGumbelSoftmax(), cls=LSTMTagger, num_importance_samples=5),
     ],
@@ -260,6 +259,7 @@ def test_tensorboard_gets_tags_text_confusion_images_and_final_metrics(tmp_path)
                                   num_test=16, batch_size=8)  # fmt: skip
     logger = TensorBoardLogger(tmp_path, name="tagger", default_hp_metric=False)
     trainer = L.Trainer(max_epochs=1, logger=logger, enable_checkpointing=False,
+                        callbacks=[ValidationFigures(batch="middle")],
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(model, data)
     events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "images": 0})
@@ -280,7 +280,7 @@ def test_synthetic_hmm_recovers_most_of_the_oracle() -> None:
     The marginal-likelihood HMM; the amortized exact mode is slower to leave the
     prior (84 % of the oracle after 30 epochs, bench/tagger_quality.py --synthetic).
     """
-    cls = MarginalLikelihoodHMM
+    cls = NeuralHMMTagger
     torch.manual_seed(0)
     data = SyntheticHMMDataModule(num_train=2000, seed=0)
     model = hmm(cls=cls, num_tags=5, input_dim=data.input_dim, embedding_dim=32, hidden_size=32,

@@ -11,8 +11,8 @@ from tests.models.cases import quiet_trainer
 from zoo.data.hmm import SyntheticHMMDataModule
 from zoo.models.tagger import (
     WORD_FEATURES,
+    HMMPosterior,
     MarginalExpectation,
-    MarginalLikelihoodHMM,
     NeuralHMMTagger,
     word_features,
 )
@@ -53,12 +53,12 @@ def test_feature_emissions_keep_an_exact_hmm_likelihood() -> None:
     torch.testing.assert_close(got[0], torch.logsumexp(torch.stack(total), 0))
 
 
-@pytest.mark.parametrize("cls", [NeuralHMMTagger, MarginalLikelihoodHMM])
-def test_setup_fills_the_features_from_the_data(cls) -> None:
+@pytest.mark.parametrize("encoder", [None, HMMPosterior()])
+def test_setup_fills_the_features_from_the_data(encoder) -> None:
     data = SyntheticHMMDataModule(num_train=32, num_val=8, num_test=8, batch_size=8, seed=0)
     args = {"num_tags": 3, "input_dim": data.input_dim, "embedding_dim": 8, "hidden_size": 8,
             "gold_tags": ("states",), "emission_features": 128}  # fmt: skip
-    model = cls(**args) if cls is MarginalLikelihoodHMM else cls(MarginalExpectation(), **args)
+    model = NeuralHMMTagger(MarginalExpectation(), encoder, **args)
     quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, data)
     table = model.decoder.words.word_features
     assert torch.equal(table, word_features(data.vocabulary.items, 128))

@@ -21,11 +21,14 @@ from zoo.models.listops import (
 from zoo.models.m2 import M2
 from zoo.models.sbn import SBN, BernoulliSBN, CategoricalSBN
 from zoo.models.tagger import (
+    BiLSTMEncoder,
+    ChainEncoder,
     ChainTagger,
+    ConvEncoder,
+    HMMPosterior,
     InducedTagWriter,
     LSTMTagger,
     MarginalExpectation,
-    MarginalLikelihoodHMM,
     NeuralHMMTagger,
 )
 from zoo.models.vae import VAE, BernoulliVAE, CategoricalVAE
@@ -35,14 +38,18 @@ __all__ = [
     "BernoulliLatent",
     "BernoulliSBN",
     "BernoulliVAE",
+    "BiLSTMEncoder",
     "BinaryComposer",
     "CategoricalLatent",
     "CategoricalSBN",
     "CategoricalVAE",
+    "ChainEncoder",
     "ChainLatent",
     "ChainTagger",
+    "ConvEncoder",
     "DependencyComposer",
     "GoldTreeClassifier",
+    "HMMPosterior",
     "InducedTagWriter",
     "LSTMClassifier",
     "LSTMTagger",
@@ -53,7 +60,6 @@ __all__ = [
     "M2",
     "MLP",
     "MarginalExpectation",
-    "MarginalLikelihoodHMM",
     "NeuralHMMTagger",
     "SBN",
     "VAE",

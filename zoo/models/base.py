@@ -33,6 +33,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import lightning as L
@@ -45,7 +46,7 @@ from zoo.config import Configurable, as_estimator
 from zoo.estimators import Estimate, Estimator
 from zoo.structures import Structure
 
-__all__ = ["Batch", "LatentVariableModel"]
+__all__ = ["Batch", "LatentVariableModel", "Step"]
 
 Batch = dict[str, Tensor]
 """A batch: ``{"x": (B, D)}``, or ``{"x": (B, D_in), "y": (B, D_out)}`` for prediction tasks."""
@@ -55,8 +56,30 @@ Batch = dict[str, Tensor]
 # rebuilds it (buffers come from the state dict). Lightning warns about it.
 _MODULE_HPARAM_WARNING = r"Attribute '\w*(estimator|latent)' is an instance of `nn.Module`"
 
+@dataclass
+class Step:
+    """What a family's `LatentVariableModel.step` returns for one batch.
+
+    Attributes:
+        loss: the scalar the optimizer minimizes (in evaluation: the reported loss).
+        metrics: logged as ``{stage}/{name}`` by the base: scalars (tensors or floats),
+            or torchmetrics objects updated in the step (Lightning computes them at the
+            epoch's end); empty on training steps that do not log.
+        batch_size: the examples behind the metrics (the weight of their epoch mean).
+        outputs: what callbacks receive beside the loss (``outputs`` of
+            ``on_validation_batch_end``), e.g. a batch's predictions for a picture.
+    """
+
+    loss: Tensor
+    metrics: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 1
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
 RNG_STATES_KEY = "zoo_rng_states"
 """Where checkpoints keep the generator states (see ``on_save_checkpoint``)."""
+MODEL_CLASS_KEY = "zoo_model_class"
+"""Where checkpoints keep the model's class (``module.Class``), also for models built in Python."""
 
 
 class LatentVariableModel(L.LightningModule):
@@ -220,6 +243,17 @@ class LatentVariableModel(L.LightningModule):
         """Named picture batches ``(n, D)`` with values in [0, 1] (see `zoo.callbacks.SampleImages`)."""
         return {}
 
+    def figures(self, batch: Batch, outputs: dict[str, Any], count: int) -> dict[str, Any]:
+        """Named matplotlib figures or markdown texts (or a list of them) about a validation
+        batch and what its `step` output (see `zoo.callbacks.ValidationFigures`); none by default.
+        """
+        return {}
+
+    def gradient_groups(self) -> dict[str, list[torch.nn.Module]]:
+        """Named groups of modules whose gradient norms are logged as ``train/grad_norm_{name}``
+        on logging steps (before clipping); none by default."""
+        return {}
+
     # ---------------------------------------------------------------- the step
     def terms(self, batch: Batch) -> tuple[Structure, Estimate, Tensor]:
         """q, the estimate of E_q[f(z)] and the ``(B,)`` regularizer of one batch."""
@@ -235,11 +269,23 @@ class LatentVariableModel(L.LightningModule):
         _, estimate, regularizer = self.terms(batch)
         return estimate.objective + regularizer
 
-    def _step(self, batch: Batch, stage: str) -> Tensor:
+    def step(self, batch: Batch, stage: str) -> Step:
+        """One batch of ``stage`` (``train``, ``val`` or ``test``): its loss and what to log.
+
+        The one hook a family overrides to change what a step computes (it may
+        call ``super().step`` and add to the result); the base runs it in
+        training, validation and testing and logs every metric it returns (see
+        `Step`). This default is the loss of the module docstring with its
+        terms (``objective_name``, ``cost_name``, ``regularizer_name``), the
+        importance-sampled ``nll_iw`` where asked, the estimator's statistics
+        and `diagnostics`. Metrics are computed only on the steps that log
+        (`logs_this_step`).
+        """
         q, estimate, regularizer = self.terms(batch)
         loss = (estimate.objective + regularizer).mean()
-        if stage == "train" and not self._logs_this_step():
-            return loss
+        batch_size = int(estimate.cost.shape[0])
+        if not self.logs_this_step(stage):
+            return Step(loss, batch_size=batch_size)
         if self.estimator.multi_sample_bound:
             metrics = self._bound_metrics(q, estimate, batch, loss)
         else:
@@ -254,7 +300,28 @@ class LatentVariableModel(L.LightningModule):
         if stage == "train":
             metrics.update(estimate.stats)
         metrics.update(self.diagnostics(q, estimate, batch, stage))
-        batch_size = int(estimate.cost.shape[0])
+        return Step(loss, metrics, batch_size)
+
+    def epoch_metrics(self, stage: str) -> dict[str, Tensor]:
+        """Values of ``stage``'s accumulated metrics at the end of a validation or test epoch,
+        logged as ``{stage}/{name}`` (e.g. accuracies by length bucket); none by default.
+
+        A family that accumulates (torchmetrics objects, updated in `step`) computes and
+        resets them here.
+        """
+        return {}
+
+    def _run(self, batch: Batch, stage: str) -> dict[str, Any]:
+        """`step`, then its metrics logged: what Lightning's three step hooks return."""
+        result = self.step(batch, stage)
+        if result.metrics:
+            self._log_metrics(result.metrics, stage, result.batch_size)
+        return {"loss": result.loss, **result.outputs}
+
+    def _log_metrics(self, metrics: Mapping[str, Any], stage: str, batch_size: int) -> None:
+        """Every metric as ``{stage}/{name}``: per step in training, per epoch (the mean over
+        every rank's batches) in validation and testing."""
+        metrics = dict(metrics)
         on_step = stage == "train"
         shown = self.bound_name if self.estimator.multi_sample_bound else self.objective_name
         step = self._log_step(stage)
@@ -278,7 +345,17 @@ class LatentVariableModel(L.LightningModule):
                 # all-reduce per metric per epoch); the per-step training values stay local.
                 sync_dist=not on_step,
             )
-        return loss
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        for name, value in self.epoch_metrics(stage).items():
+            # Values of torchmetrics objects are already reduced over the ranks.
+            self.log(f"{stage}/{name}", value, prog_bar=name == "accuracy", sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
 
     @torch.no_grad()
     def _bound_metrics(
@@ -310,12 +387,15 @@ class LatentVariableModel(L.LightningModule):
             return self.global_step
         return max(self.global_step - 1, 0) if stage == "val" else None
 
-    def _logs_this_step(self) -> bool:
-        """Whether Lightning writes the training logs of this step (every ``log_every_n_steps``).
+    def logs_this_step(self, stage: str = "train") -> bool:
+        """Whether this step's metrics are logged: always in validation and testing; in
+        training every ``log_every_n_steps`` (as Lightning writes them).
 
-        The training scalars are computed and logged only then (see
-        ``bench/README.md`` for what ``self.log`` costs per call).
+        The training scalars are computed only then (see ``bench/README.md`` for
+        what ``self.log`` costs per call).
         """
+        if stage != "train":
+            return True
         try:
             trainer = self.trainer
         except RuntimeError:  # not attached to a trainer: a plain call
@@ -325,8 +405,17 @@ class LatentVariableModel(L.LightningModule):
         every = trainer.log_every_n_steps
         return every > 0 and (self.global_step + 1) % every == 0
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._run(batch, "train")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        groups = self.gradient_groups()
+        if not groups or not self.logs_this_step():
+            return
+        for name, modules in groups.items():
+            grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else 0.0
+            self.log(f"train/grad_norm_{name}", torch.as_tensor(norm, dtype=torch.float32))
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         """The estimator's proximal steps, after the usual one (see `zoo.estimators.Reinforce`)."""
@@ -369,11 +458,11 @@ class LatentVariableModel(L.LightningModule):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._run(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._run(batch, "test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """``(B,)`` per-example loss (negative ELBO or its analogue), for ``predict``."""
@@ -450,6 +539,7 @@ class LatentVariableModel(L.LightningModule):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             states["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint[RNG_STATES_KEY] = states
+        checkpoint[MODEL_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied when training starts: after Lightning's sanity check (which

@@ -66,7 +66,7 @@ from zoo.config import Configurable
 from zoo.data.listops import VOCABULARY
 from zoo.estimators import Estimate, Estimator, Exact
 from zoo.metrics.trees import AttachmentScore, BucketedAccuracy, SpanF1
-from zoo.models.base import Batch, LatentVariableModel
+from zoo.models.base import Batch, LatentVariableModel, Step
 from zoo.structures import (
     Categorical,
     DependencyCRF,
@@ -884,7 +884,6 @@ class ListOpsClassifier(LatentVariableModel):
         input_dim: the vocabulary size (linked from the datamodule).
         lr: learning rate of Adam.
         boundaries: inclusive upper edges of the length buckets of the metrics.
-        num_tree_images: examples whose trees are drawn to TensorBoard every validation.
     """
 
     objective_name = "loss"
@@ -898,7 +897,6 @@ class ListOpsClassifier(LatentVariableModel):
         input_dim: int = len(VOCABULARY),
         lr: float = 1e-3,
         boundaries: tuple[int, ...] = (10, 25, 50, 100, 200),
-        num_tree_images: int = 4,
     ) -> None:
         super().__init__(estimator, lr=lr, num_importance_samples=0, val_importance_samples=0)
         if (
@@ -911,7 +909,6 @@ class ListOpsClassifier(LatentVariableModel):
                 f"got {input_dim!r}"
             )
         self.input_dim = input_dim
-        self.num_tree_images = num_tree_images
         self._prediction: tuple[Tensor, Tensor | None] | None = None
         edges = tuple(boundaries)
         self.metrics = nn.ModuleDict(
@@ -975,40 +972,32 @@ class ListOpsClassifier(LatentVariableModel):
         return self.log_probs(z.unsqueeze(0), batch)[0], self.as_tree(z)
 
     # ------------------------------------------------------------ val and test
-    def _evaluate(self, batch: Batch, stage: str, batch_idx: int) -> None:
-        scores, tree = self._prediction  # what this batch's step predicted (see `terms`)
-        self._prediction = None
-        metrics = self.metrics[stage]
-        metrics["accuracy"].update(scores, batch["y"], batch["lengths"])
-        if tree is not None and self.tree_metric is not None:
-            metrics[self.tree_metric].update(tree, self.gold_tree(batch), batch["lengths"])
-        if stage == "val" and batch_idx == 0 and self.num_tree_images > 0:
-            self._draw_trees(batch, tree)
+    def step(self, batch: Batch, stage: str) -> Step:
+        """The loss; in evaluation also the MAP tree's prediction scored by the bucketed metrics.
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = super().validation_step(batch, batch_idx)
-        self._evaluate(batch, "val", batch_idx)
-        return loss
+        Outputs (for callbacks): ``scores`` ``(B, 10)`` and ``tree`` ``(B, N, N)`` (or None).
+        """
+        result = super().step(batch, stage)
+        if stage in self.metrics:
+            scores, tree = self._prediction  # what this batch's step predicted (see `terms`)
+            self._prediction = None
+            metrics = self.metrics[stage]
+            metrics["accuracy"].update(scores, batch["y"], batch["lengths"])
+            if tree is not None and self.tree_metric is not None:
+                metrics[self.tree_metric].update(tree, self.gold_tree(batch), batch["lengths"])
+            result.outputs.update(scores=scores, tree=tree)
+        return result
 
-    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = super().test_step(batch, batch_idx)
-        self._evaluate(batch, "test", batch_idx)
-        return loss
-
-    def _log_metrics(self, stage: str) -> None:
+    def epoch_metrics(self, stage: str) -> dict[str, Tensor]:
+        """Accuracy and tree agreement, overall (``accuracy``) and by length (``accuracy_11-25``)."""
+        values = {}
         for name, metric in self.metrics[stage].items():
             if not metric.update_called:
                 continue
             for bucket, value in metric.compute().items():
-                key = f"{stage}/{name}" if bucket == "" else f"{stage}/{name}_{bucket}"
-                self.log(key, value.float(), prog_bar=bucket == "" and name == "accuracy")
+                values[name if bucket == "" else f"{name}_{bucket}"] = value.float()
             metric.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
+        return values
 
     def hparams_metric_names(self) -> list[str]:
         names = [*super().hparams_metric_names(), "val/accuracy", "test/accuracy"]
@@ -1017,15 +1006,15 @@ class ListOpsClassifier(LatentVariableModel):
         return names
 
     # ---------------------------------------------------------------- pictures
-    def _draw_trees(self, batch: Batch, tree: Tensor | None) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        writers = [lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
-        if not writers or self.global_rank != 0 or self.trainer.sanity_checking:
-            return
+    def figures(self, batch: Batch, outputs: dict[str, Any], count: int) -> dict[str, Any]:
+        """The first ``count`` expressions of a validation batch with their gold and induced
+        trees: ``val/trees`` as text (bracketed) and, where a gold tree exists, as a figure."""
+        tree = outputs.get("tree")
         gold = self.gold_tree(batch)
+        if tree is None and gold is None:
+            return {}
         kind = "dependency" if self.tree_metric == "uas" else "binary"
-        count = min(self.num_tree_images, batch["x"].shape[0])
+        count = min(count, batch["x"].shape[0])
         texts = []
         for b in range(count):
             tokens = [VOCABULARY[int(t)] for t in batch["x"][b, : int(batch["lengths"][b])]]
@@ -1035,15 +1024,10 @@ class ListOpsClassifier(LatentVariableModel):
             if tree is not None:
                 lines.append(f"induced: `{bracketed(tokens, tree[b], kind)}`")
             texts.append("  \n".join(lines))
-        figure = draw_trees(batch, gold, tree, kind, count) if gold is not None else None
-        for writer in writers:
-            writer.add_text("val/trees", "\n\n".join(texts), self.global_step)
-            if figure is not None:
-                writer.add_figure("val/trees", figure, self.global_step, close=False)
-        if figure is not None:
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
+        text = "\n\n".join(texts)
+        if gold is None:
+            return {"trees": text}
+        return {"trees": [text, draw_trees(batch, gold, tree, kind, count)]}
 
 
 class LatentTreeClassifier(ListOpsClassifier):
@@ -1092,7 +1076,6 @@ class LatentTreeClassifier(ListOpsClassifier):
         parser_warmup_steps: training steps during which the parser is frozen.
         lr: learning rate of Adam (the composer's, and the parser's without ``parser_lr``).
         boundaries: inclusive upper edges of the length buckets of the metrics.
-        num_tree_images: examples whose trees are drawn every validation.
 
     Raises:
         ValueError: an unknown structure, a composer of the other kind of tree, a negative
@@ -1127,14 +1110,13 @@ class LatentTreeClassifier(ListOpsClassifier):
         parser_warmup_steps: int = 0,
         lr: float = 1e-3,
         boundaries: tuple[int, ...] = (10, 25, 50, 100, 200),
-        num_tree_images: int = 4,
     ) -> None:
         if structure not in self.STRUCTURES:
             raise ValueError(
                 f"structure must be one of {', '.join(map(repr, self.STRUCTURES))}, got {structure!r}"
             )
         self.tree_metric = "tree_f1" if structure == "binary" else "uas"
-        super().__init__(estimator, input_dim, lr, boundaries, num_tree_images)
+        super().__init__(estimator, input_dim, lr, boundaries)
         if not float(entropy_weight) >= 0:
             raise ValueError(f"entropy_weight must be ≥ 0, got {entropy_weight!r}")
         if not float(target_rate) >= 0:
@@ -1200,6 +1182,12 @@ class LatentTreeClassifier(ListOpsClassifier):
             return self.trainer.global_step < self.parser_warmup_steps
         except RuntimeError:  # not attached to a trainer
             return False
+
+    @property
+    def structure_type(self) -> type[Structure]:
+        """The class of the structures ``posterior`` builds (for the estimator check)."""
+        kinds = {"binary": TreeCRF, "projective": DependencyCRF}
+        return kinds.get(self.structure_name, NonProjectiveDependencyCRF)
 
     def posterior(self, batch: Batch) -> Structure:
         """q(z | x): batch shape ``(B,)``; θ has no gradient while the parser is frozen."""
@@ -1269,19 +1257,9 @@ class LatentTreeClassifier(ListOpsClassifier):
             metrics["map_share"] = same.to(entropy.dtype).mean()
         return metrics
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the gradient norms of parser and composer (on logging steps)."""
-        if not self._logs_this_step():
-            return
-        for name, module in (
-            ("parser", (self.encoder, self.scorer)),
-            ("composer", (self.composer,)),
-        ):
-            grads = [p.grad for m in module for p in m.parameters() if p.grad is not None]
-            norm = (
-                torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else 0.0
-            )
-            self.log(f"train/grad_norm_{name}", torch.as_tensor(norm, dtype=torch.float32))
+    def gradient_groups(self) -> dict[str, list[nn.Module]]:
+        """``train/grad_norm_parser`` (encoder and scorer) and ``train/grad_norm_composer``."""
+        return {"parser": [self.encoder, self.scorer], "composer": [self.composer]}
 
 
 class _FixedLatent(ListOpsClassifier):
@@ -1322,7 +1300,7 @@ class LSTMClassifier(_FixedLatent):
         lr: float = 1e-3,
         boundaries: tuple[int, ...] = (10, 25, 50, 100, 200),
     ) -> None:
-        super().__init__(Exact() if estimator is None else estimator, input_dim, lr, boundaries, 0)
+        super().__init__(Exact() if estimator is None else estimator, input_dim, lr, boundaries)
         self.encoder = Encoder(input_dim, embedding_dim, hidden_dim)
         self.classifier = nn.Sequential(
             nn.Linear(self.encoder.output_dim, hidden_dim),
@@ -1365,7 +1343,7 @@ class GoldTreeClassifier(_FixedLatent):
         lr: float = 1e-3,
         boundaries: tuple[int, ...] = (10, 25, 50, 100, 200),
     ) -> None:
-        super().__init__(Exact() if estimator is None else estimator, input_dim, lr, boundaries, 0)
+        super().__init__(Exact() if estimator is None else estimator, input_dim, lr, boundaries)
         if tree not in ("dependency", "binary"):
             raise ValueError(f"tree must be 'dependency' or 'binary', got {tree!r}")
         self.tree = tree

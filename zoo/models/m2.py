@@ -15,9 +15,21 @@ for an unlabelled x the class is a latent:
     U(x) = E_{y∼q(y|x)}[L(x, y) − log K] + KL(q(y | x) ‖ Uniform).
 
 Kingma et al. add the classification loss of the labelled examples, weighted by
-α, so that q(y | x) also learns from the labels directly:
+α, so that q(y | x) also learns from the labels directly. A training batch holds
+B_u unlabelled images and B_l labelled pairs, and the loss the code minimizes is
 
-    loss = mean_unlabelled U(x) + mean_labelled [L(x, y) + α · (−log q(y | x))].
+    loss = (1/B_u) Σ_unlabelled U(x) + (1/B_l) Σ_labelled [L(x, y) + α · (−log q(y | x))],
+
+so the gradient of the loss with respect to the classifier's logits of a labelled
+image is α/B_l · (softmax(logits) − one-hot(y)). Kingma et al.'s objective is
+J^α = Σ_u U(x) + Σ_l L(x, y) + α_K · mean_l[−log q(y | x)] with α_K = 0.1·N over
+the N training images. With B_l = B_u, an epoch of N_u/B_u batches shows each of
+the N_l labelled images about N_u/N_l times, so B_u times the epoch's summed loss
+is Σ_u U + (N_u/N_l) Σ_l L + α·N_u · mean_l[−log q]: α = 0.1 is Kingma et al.'s
+α_K = 0.1·N (up to N/N_u), α = 0.1·N_u/N_l (≈ 50 with 100 labels, common in
+reimplementations) keeps J^α's ratio of the classification loss to the labelled
+bound, and the default α = 500 ≈ N_u/N_l is the largest of the weights measured
+in ``docs/m2.md``, the one whose classifier does not drift in a CPU budget.
 
 The expectation over y is the injected estimator's: ``Exact()`` marginalizes
 (K decoder passes per image, what Kingma et al. do), ``GumbelSoftmax`` /
@@ -44,7 +56,7 @@ from torch.distributions import kl_divergence
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.estimators import Estimator
-from zoo.models.base import Batch, LatentVariableModel
+from zoo.models.base import Batch, LatentVariableModel, Step
 from zoo.models.components import MLP, bernoulli_nll
 from zoo.structures import Categorical, Structure
 
@@ -68,10 +80,10 @@ class M2(LatentVariableModel):
         input_dim: D, the pixels of x (784 for MNIST; linked from the data by the CLI).
         hidden_sizes: hidden widths of the classifier and of the encoder of z; the decoder
             uses them reversed (one layer of 500 in Kingma et al.).
-        alpha: α, the weight of the labelled images' classification loss −log q(y | x),
-            relative to their and the unlabelled images' negative ELBO (each a mean per
-            image). Kingma et al.'s α = 0.1·N weighs the labelled *mean* in an
-            objective summed over the N training images: 0.1 per image, the default.
+        alpha: α, the weight of the mean classification loss −log q(y | x) of a batch's
+            labelled images, beside the batch means of U(x) and L(x, y) (the loss above).
+            0.1 is Kingma et al.'s α = 0.1·N; the default, 500 ≈ N_u/N_l with 100 labels of
+            49,900 images, is the recipe of ``docs/m2.md``.
         lr: learning rate of Adam (3e-4 in Kingma et al.).
         num_importance_samples: m for ``test/nll_iw`` (−log p(x), importance-sampled over
             y and z); 0 (default) skips it.
@@ -99,7 +111,7 @@ class M2(LatentVariableModel):
         latent_dim: int = 50,
         input_dim: int = 784,
         hidden_sizes: tuple[int, ...] = (500,),
-        alpha: float = 0.1,
+        alpha: float = 500.0,
         lr: float = 3e-4,
         num_importance_samples: int = 0,
         val_importance_samples: int = 0,
@@ -220,37 +232,29 @@ class M2(LatentVariableModel):
         )
         return labelled, classification
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        unlabelled = super().training_step(batch, batch_idx)  # mean U(x), logged as neg_elbo
-        labelled, classification = self.labelled_terms(batch)
-        loss = unlabelled + labelled.mean() + self.alpha * classification.mean()
-        size = int(labelled.shape[0])
-        for name, value in (
-            ("loss", loss),
-            ("labelled_neg_elbo", labelled.mean()),
-            ("classification", classification.mean()),
-        ):
-            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=False, batch_size=size)
-        return loss
-
-    def _log_accuracy(self, batch: Batch, stage: str, metric: MulticlassAccuracy) -> None:
+    def step(self, batch: Batch, stage: str) -> Step:
+        """Training: U(x) of the unlabelled images (through the estimator, logged as
+        ``neg_elbo``) plus the labelled terms; evaluation: U(x) and the classifier's accuracy."""
+        result = super().step(batch, stage)  # mean U(x), logged as neg_elbo
+        if stage == "train":
+            labelled, classification = self.labelled_terms(batch)
+            result.loss = result.loss + labelled.mean() + self.alpha * classification.mean()
+            if result.metrics:
+                result.metrics.update(
+                    loss=result.loss.detach(),
+                    labelled_neg_elbo=labelled.detach().mean(),
+                    classification=classification.detach().mean(),
+                )
+            return result
         if "y" not in batch:
             raise ValueError(
                 f"M2 {stage} batches need the true classes 'y' for {stage}/accuracy; "
                 f"this batch has keys {sorted(batch)}"
             )
-        metric(self.classify(batch["x"]), batch["y"])
-        self.log(f"{stage}/accuracy", metric, on_step=False, on_epoch=True, prog_bar=True)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = super().validation_step(batch, batch_idx)
-        self._log_accuracy(batch, "val", self.val_accuracy)
-        return loss
-
-    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = super().test_step(batch, batch_idx)
-        self._log_accuracy(batch, "test", self.test_accuracy)
-        return loss
+        accuracy = self.val_accuracy if stage == "val" else self.test_accuracy
+        accuracy.update(self.classify(batch["x"]), batch["y"])
+        result.metrics["accuracy"] = accuracy
+        return result
 
     def hparams_metric_names(self) -> list[str]:
         return ["val/accuracy", "test/accuracy", *super().hparams_metric_names()]
