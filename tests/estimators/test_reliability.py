@@ -158,3 +158,15 @@ def test_support_size_uses_a_structure_method_when_there_is_one() -> None:
             return 7
 
     assert support_size(Counted(torch.zeros(2, 3))) == 7
+
+
+def test_a_learned_baseline_without_its_size_says_which_size_to_set() -> None:
+    q = Categorical(torch.randn(4, 3, 5))  # events of 15 parts
+    with pytest.raises(ValueError, match="set in_features=15$"):
+        Reinforce(1, LearnedBaseline())(q, lambda z: z.flatten(2).sum(-1))
+
+
+def test_a_learned_baseline_on_chains_of_varying_length_says_why_it_cannot_apply() -> None:
+    q = LinearChainCRF(torch.randn(2, 4, 3, 3), lengths=torch.tensor([5, 3]))
+    with pytest.raises(ValueError, match="vary in size with the input.*LeaveOneOutBaseline"):
+        Reinforce(1, LearnedBaseline())(q, lambda z: z.flatten(2).sum(-1))

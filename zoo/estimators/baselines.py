@@ -147,31 +147,44 @@ class LearnedBaseline(Baseline):
     enter detached, so the regression trains only the baseline's own weights.
 
     Args:
-        in_features: the number of parts of one event (e.g. N·K = 200 for 20 ten-way variables).
+        in_features: the number of parts of one event (e.g. N·K = 200 for 20 ten-way
+            variables); None: not given, and the first step says the number the model's
+            events have. Models whose events vary in size (a tagger's chains, a parser's
+            trees) cannot use this baseline.
         hidden_features: width of the hidden layer.
 
     Raises:
-        ValueError: non-positive sizes.
+        ValueError: non-positive sizes; at a step, events whose size is not ``in_features``.
     """
 
-    def __init__(self, in_features: int, hidden_features: int = 64) -> None:
+    def __init__(self, in_features: int | None = None, hidden_features: int = 64) -> None:
         super().__init__()
-        if in_features < 1 or hidden_features < 1:
+        if (in_features is not None and in_features < 1) or hidden_features < 1:
             raise ValueError(
                 f"in_features and hidden_features must be ≥ 1, got {in_features} and {hidden_features}"
             )
         self.in_features = in_features
-        self.net = nn.Sequential(
-            nn.Linear(in_features, hidden_features), nn.Tanh(), nn.Linear(hidden_features, 1)
+        self.net = (
+            None
+            if in_features is None
+            else nn.Sequential(
+                nn.Linear(in_features, hidden_features), nn.Tanh(), nn.Linear(hidden_features, 1)
+            )
         )
 
     def forward(self, q: Structure, cost: Tensor, extra_cost: Tensor | None) -> Tensor:
         theta = q.log_potentials.detach()
         features = theta.reshape(*q.batch_shape, -1)  # (*batch, parts)
-        if features.shape[-1] != self.in_features:
+        if features.shape[-1] != self.in_features or self.net is None:
+            varying = "" if q.lengths is None else (
+                "; these events vary in size with the input (lengths), and a regression on a "
+                "fixed number of parts cannot read them: use LeaveOneOutBaseline, "
+                "GreedyBaseline or MovingAverageBaseline"
+            )  # fmt: skip
             raise ValueError(
                 f"LearnedBaseline(in_features={self.in_features}) got events with "
-                f"{features.shape[-1]} parts (event shape {tuple(q.event_shape)})"
+                f"{features.shape[-1]} parts (event shape {tuple(q.event_shape)}): set "
+                f"in_features={features.shape[-1]}{varying}"
             )
         # Forbidden parts (θ = -inf) would poison the regression: read them as 0.
         features = torch.nan_to_num(features, neginf=0.0, posinf=0.0).to(self.net[0].weight.dtype)
