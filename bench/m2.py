@@ -42,6 +42,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +75,68 @@ def _max_time(minutes: float) -> str:
 
 
 # ----------------------------------------------------------------------------- accuracy
+class FewerLabelled:
+    """``datamodule.on_after_batch_transfer``: keep the first ``count`` labelled images of a batch."""
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"--labelled-per-batch must be ≥ 1, got {count}")
+        self.count = count
+
+    def __call__(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
+        if "x_labelled" not in batch:  # validation and test batches
+            return batch
+        return {
+            **batch,
+            "x_labelled": batch["x_labelled"][: self.count],
+            "y_labelled": batch["y_labelled"][: self.count],
+        }
+
+
+class AccuracyCurve(L.Callback):
+    """Validation accuracy of argmax q(y | x) on all 10,000 validation images every ``every`` steps.
+
+    ``points`` holds ``(step, training seconds, accuracy)``; the seconds leave out
+    the evaluations themselves.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.points: list[tuple[int, float, float]] = []
+        self._start = 0.0
+        self._spent = 0.0
+
+    @torch.no_grad()
+    def _evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        begin = time.perf_counter()
+        val = trainer.datamodule.val_set
+        x, y = val.images.to(torch.float32), val.labels
+        was_training = module.training
+        module.eval()
+        correct = sum(
+            int((module.classify(x[i : i + 2000]) == y[i : i + 2000]).sum())
+            for i in range(0, len(y), 2000)
+        )
+        module.train(was_training)
+        seconds = begin - self._start - self._spent
+        self.points.append((trainer.global_step, seconds, correct / len(y)))
+        self._spent += time.perf_counter() - begin
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._evaluate(trainer, module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0:
+            self._evaluate(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.points[-1][0] != trainer.global_step:
+            self._evaluate(trainer, module)
+
+
 def run_one(estimator: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train one config for the budget, test it, return the numbers."""
-    import lightning as L
-
     from zoo.cli import main as cli_main
 
     config = ROOT / "configs" / "m2" / f"{estimator}.yaml"
@@ -87,7 +146,7 @@ def run_one(estimator: str, args: argparse.Namespace) -> dict[str, Any]:
         "--config",
         str(config),
         f"--seed_everything={args.seed}",
-        f"--trainer.max_time={_max_time(args.minutes)}",
+        f"--trainer.max_steps={getattr(args, 'steps', None) or -1}",
         "--trainer.max_epochs=-1",
         "--trainer.limit_val_batches=0",
         "--trainer.enable_progress_bar=false",
@@ -95,18 +154,28 @@ def run_one(estimator: str, args: argparse.Namespace) -> dict[str, Any]:
         f"--trainer.logger.init_args.save_dir={args.log_dir}",
         f"--trainer.logger.init_args.name=m2-{estimator}",
     ]
+    if args.minutes is not None:
+        cli_args.append(f"--trainer.max_time={_max_time(args.minutes)}")
     if args.lr is not None:
         cli_args.append(f"--model.init_args.lr={args.lr}")
     if args.alpha is not None:
         cli_args.append(f"--model.init_args.alpha={args.alpha}")
     if args.data_dir:
         cli_args.append(f"--data.init_args.data_dir={args.data_dir}")
+    cli_args += [f"--{setting}" for setting in getattr(args, "set", None) or []]
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both argv and args are set
     try:
         cli = cli_main(cli_args, run=False)
     finally:
         sys.argv = argv
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    labelled = getattr(args, "labelled_per_batch", None)
+    if labelled is not None:
+        data.on_after_batch_transfer = FewerLabelled(labelled)
+    curve = None
+    if getattr(args, "eval_every", 0):
+        curve = AccuracyCurve(args.eval_every)
+        trainer.callbacks.append(curve)
 
     load = _cpu_snapshot()
     start = time.perf_counter()
@@ -132,6 +201,7 @@ def run_one(estimator: str, args: argparse.Namespace) -> dict[str, Any]:
         "lr": module.lr,
         "alpha": module.alpha,
         "minutes": args.minutes,
+        "max_steps": getattr(args, "steps", None),
         "steps": steps,
         "epochs": steps / len(data.train_dataloader()),
         "fit_seconds": fit_s,
@@ -146,7 +216,17 @@ def run_one(estimator: str, args: argparse.Namespace) -> dict[str, Any]:
         "paper_name": paper_name,
         "paper_accuracy": paper,
         "log_dir": trainer.log_dir,
+        "settings": list(getattr(args, "set", None) or []),
+        "labelled_per_batch": labelled,
+        "curve": None if curve is None else curve.points,
     }
+
+
+def budget(result: dict[str, Any]) -> str:
+    """A run's stated budget: its minutes, or its steps."""
+    if result["minutes"] is None:
+        return f"{result['max_steps']} steps"
+    return f"{result['minutes']:g} min"
 
 
 def accuracy_table(results: list[dict[str, Any]]) -> str:
@@ -162,7 +242,7 @@ def accuracy_table(results: list[dict[str, Any]]) -> str:
         cited = "—" if paper is None else f"{paper:.1f} % ({r['paper_name']})"
         ratio = "—" if paper is None else f"{acc / paper:.2f}"
         lines.append(
-            f"| {r['estimator']} | {r['minutes']:g} min | {r['steps']} ({r['epochs']:.1f}) "
+            f"| {r['estimator']} | {budget(r)} | {r['steps']} ({r['epochs']:.1f}) "
             f"| {r['ms_per_step']:.0f} | {tau} | {acc:.1f} % | {r['test_neg_elbo']:.1f} "
             f"| {cited} | {ratio} |"
         )
@@ -230,9 +310,36 @@ def main() -> None:
         default="exact,st-gumbel",
         help=f"comma-separated, or 'all': {', '.join(ESTIMATORS)}",
     )
-    parser.add_argument("--minutes", type=float, default=5.0, help="training budget per run")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget per run (default 5; none with --steps)",
+    )
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: config's)")
     parser.add_argument("--alpha", type=float, default=None, help="α (default: config's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="stop after this many steps (or --minutes)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any train.py override without its dashes, e.g. model.init_args.alpha=50 (repeat)",
+    )
+    parser.add_argument(
+        "--labelled-per-batch",
+        type=int,
+        default=None,
+        help="keep only this many of the batch's labelled images (default: all, batch_size)",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="record the accuracy on the 10,000 validation images every N steps (0: never)",
+    )
+    parser.add_argument("--tag", default=None, help="name of the result file: m2-<tag>.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=100, help="speed part: images a batch")
@@ -242,6 +349,8 @@ def main() -> None:
     parser.add_argument("--log-dir", default=str(ROOT / "bench" / "results" / "logs"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
+    if args.minutes is None and args.steps is None:
+        args.minutes = 5.0
     estimators = (
         list(ESTIMATORS)
         if args.estimators == "all"
@@ -270,7 +379,7 @@ def main() -> None:
         for estimator in estimators:
             result = run_one(estimator, args)
             results.append(result)
-            path = out / f"m2-{estimator}.json"
+            path = out / (f"m2-{args.tag}-{estimator}.json" if args.tag else f"m2-{estimator}.json")
             path.write_text(json.dumps(result, indent=2))
             print(
                 f"m2/{estimator}: {result['steps']} steps in {result['fit_seconds']:.0f} s "

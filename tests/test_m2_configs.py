@@ -76,7 +76,7 @@ def test_every_config_builds_what_its_name_says(path: Path, tiny_data_dir) -> No
     assert isinstance(data, SemiSupervisedMNISTDataModule)
     assert data.num_labels == 100 and data.data_dir is None
     assert model.input_dim == data.input_dim == 784  # linked, not repeated
-    assert (model.num_classes, model.latent_dim, model.alpha) == (10, 50, 0.1)
+    assert (model.num_classes, model.latent_dim, model.alpha) == (10, 50, 500.0)  # docs/m2.md
     kinds = [type(c) for c in cli.trainer.callbacks]
     assert SampleImages in kinds
     (annealing,) = [c for c in cli.trainer.callbacks if type(c) is TemperatureAnnealing]

@@ -4,6 +4,7 @@ training on tiny MNIST-format data, accuracy, pictures, checkpoints and bad inpu
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -133,6 +134,42 @@ def test_exact_gradient_of_the_classifier_is_that_of_the_sum_over_classes() -> N
     assert torch.allclose(got, model.classifier[-1].bias.grad, atol=1e-5)
 
 
+def logits_of(model: M2, batch: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """Run ``training_step`` on ``batch``; return the classifier's logits of ``batch[key]``,
+    with their gradient after the loss's backward pass."""
+    seen = {}
+
+    def keep(module, inputs, output) -> None:
+        for name, x in batch.items():
+            if inputs[0] is x:
+                output.retain_grad()
+                seen[name] = output
+
+    handle = model.classifier.register_forward_hook(keep)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*self\.log.*")  # no trainer attached
+            output = model.training_step(batch, 0)
+    finally:
+        handle.remove()
+    # Lightning's contract: a training step returns the loss, or a dict that holds it.
+    (output if isinstance(output, torch.Tensor) else output["loss"]).backward()
+    return seen[key]
+
+
+@pytest.mark.parametrize("alpha", [0.1, 50.0, 500.0])
+def test_the_labels_reach_the_classifier_with_weight_alpha_over_the_labelled_batch(alpha) -> None:
+    # loss = mean U + mean L + α · mean_labelled CE: the gradient of the loss with respect
+    # to the logits of labelled image i is α / B_l · (softmax(logits_i) − one-hot(y_i)),
+    # and the labelled images reach the classifier through nothing else.
+    model, batch = tiny_model(STGumbelSoftmax(), alpha=alpha), tiny_batch(num=6)
+    logits = logits_of(model, batch, "x_labelled")
+    one_hot = torch.nn.functional.one_hot(batch["y_labelled"], K).float()
+    want = alpha / 6 * (torch.softmax(logits.detach(), -1) - one_hot)
+    assert torch.allclose(logits.grad, want, rtol=1e-5, atol=1e-7)
+    assert model.alpha == alpha
+
+
 @pytest.fixture
 def tiny_data(tmp_path) -> SemiSupervisedMNISTDataModule:
     root = write_tiny_mnist(tmp_path / "data")
@@ -196,7 +233,7 @@ def test_a_batch_without_labelled_images_is_refused() -> None:
     with pytest.raises(ValueError, match=r"lacks \['x_labelled', 'y_labelled'\]"):
         model.training_step({"x": torch.ones(2, D)}, 0)
     with pytest.raises(ValueError, match="need the true classes 'y'"):
-        model._log_accuracy({"x": torch.ones(2, D)}, "val", model.val_accuracy)
+        model.validation_step({"x": torch.ones(2, D)}, 0)
 
 
 @pytest.mark.parametrize(
