@@ -48,6 +48,11 @@ Columns beyond torch-struct, all timed in the same interleaved round:
   ``7705a4b``, the base of the chart refactor), extracted with ``git archive``
   into a temporary directory and imported in this process under its own
   module names; ``after/before`` > 1 means the current code is faster.
+* ``chart`` (chain rows only): the chain's generic paths on the chart core
+  (``ChartStructure.log_partition``, its autograd marginals, ``argmax`` by the
+  max semiring, ``sample`` by the sampling semiring), which the chain's
+  hand-written passes override; ``chart / zoo`` > 1 is what each override
+  saves, the reason it is kept (``--no-chart`` leaves the column out).
 * ``SuPar`` (``supar.structs``: LinearChainCRF, DependencyCRF, MatrixTree,
   ConstituencyCRF) and ``pytorch-crf`` (``torchcrf.CRF``: chain log-likelihood
   and Viterbi only), each on its own layout of the same sizes; a column is
@@ -55,7 +60,7 @@ Columns beyond torch-struct, all timed in the same interleaved round:
   ``best peer / zoo`` divides the fastest peer's time by the zoo's.
 
 Run: python bench/structures.py [--quick] [--only chain|trees] [--repeats 5] [--verbose]
-     [--before REV | --no-before] [--threads 1]
+     [--before REV | --no-before] [--no-chart] [--no-peers] [--threads 1]
 """
 
 from __future__ import annotations
@@ -196,6 +201,29 @@ def _ops_zoo(make: Callable[[torch.Tensor], Any], theta: torch.Tensor) -> dict:
     }
 
 
+def _ops_chart(make: Callable[[torch.Tensor], Any], theta: torch.Tensor) -> dict:
+    """The chain's generic paths on the chart core (`ChartStructure`: its `inside` pass
+    over the log, max and sampling semirings), bypassing the hand-written overrides."""
+    chart = importlib.import_module("zoo.structures.chart").ChartStructure
+
+    def log_z_grad() -> None:
+        theta.grad = None
+        chart.log_partition(make(theta)).sum().backward()
+
+    def marginals() -> torch.Tensor:  # ∂A/∂θ with a graph, as Structure.marginals records
+        (mu,) = torch.autograd.grad(
+            chart.log_partition(make(theta)).sum(), theta, create_graph=True
+        )
+        return mu
+
+    return {
+        "logZ+grad": log_z_grad,
+        "marginals": marginals,
+        "argmax": lambda: chart.argmax(make(theta)),
+        "sample(10)": lambda: chart.sample(make(theta), NUM_SAMPLES),
+    }
+
+
 def _ops_supar(make: Callable[[], Any], leaf: torch.Tensor) -> dict:
     """SuPar's struct built from ``make()`` (its own layout of the scores ``leaf``)."""
 
@@ -249,7 +277,8 @@ def _text(value: float) -> str:
 def _print_rows(rows: list[Row]) -> None:
     header = (
         "structure", "size", "op", "torch-struct ms", "SuPar ms", "pytorch-crf ms",
-        "before ms", "zoo ms", "ts / zoo", "best peer / zoo", "before / zoo", "others' load",
+        "before ms", "chart ms", "zoo ms", "ts / zoo", "best peer / zoo", "before / zoo",
+        "chart / zoo", "others' load",
     )  # fmt: skip
     cells = []
     for s, size, op, t in rows:
@@ -257,12 +286,15 @@ def _print_rows(rows: list[Row]) -> None:
         peers = [t[p].median for p in PEERS if p in t and t[p].ok]
         best = _ratio(Timing(), zoo) if not peers or not zoo.ok else min(peers) / zoo.median
         before = _ratio(t["before"], zoo) if "before" in t else math.nan
+        chart = _ratio(t["chart"], zoo) if "chart" in t else math.nan
         loads = [x.load for x in t.values() if x.ok]
         load = f"{max(loads):.1f} cores" if loads else "-"
         cells.append(
             (
-                s, size, op, *(str(t[k]) if k in t else "-" for k in ("ts", "supar", "pytorch_crf", "before")),
-                str(zoo), _text(_ratio(t["ts"], zoo)), _text(best), _text(before), load,
+                s, size, op,
+                *(str(t[k]) if k in t else "-" for k in ("ts", "supar", "pytorch_crf", "before", "chart")),
+                str(zoo), _text(_ratio(t["ts"], zoo) if "ts" in t else math.nan), _text(best),
+                _text(before), _text(chart), load,
             )
         )  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
@@ -285,12 +317,12 @@ def _run_row(
     rows = []
     for op in OPS:
         candidates = {key: ops[key].get(op) for key in ops}
-        if op in skips:
+        if op in skips and "ts" in candidates:
             candidates["ts"] = None
         timings = measure(
             candidates, repeats=args.repeats, min_time=args.min_time, budget=args.budget
         )
-        if op in skips:
+        if op in skips and "ts" in timings:
             timings["ts"].note = skips[op]
         rows.append((name, size, op, timings))
         if args.verbose:
@@ -310,13 +342,17 @@ def chain_rows(args: Any) -> list[Row]:
         b, n, c = size
         theta = _potentials((b, n - 1, c, c))
         ops = {"ts": _ops_torch_struct(ts.LinearChainCRF, theta), "zoo": _ops_zoo(chain, theta)}
-        if supar is not None:
+        if args.no_peers:
+            del ops["ts"]
+        if supar is not None and not args.no_peers:
             scores, trans = _potentials((b, n, c)), _potentials((c + 1, c + 1), seed=1)
             ops["supar"] = _ops_supar(lambda s=scores, t=trans: supar.LinearChainCRF(s, t), scores)
-        if _optional("torchcrf") is not None:
+        if _optional("torchcrf") is not None and not args.no_peers:
             ops["pytorch_crf"] = _ops_pytorch_crf(b, n, c)
         if args.before_structures is not None:
             ops["before"] = _ops_zoo(args.before_structures.LinearChainCRF, theta)
+        if not args.no_chart:
+            ops["chart"] = _ops_chart(chain, theta)
         skips = {}
         if size in TS_CHAIN_SAMPLE_SKIP:
             skips["sample(10)"] = TS_CHAIN_SAMPLE_SKIP[size]
@@ -353,7 +389,9 @@ def tree_rows(args: Any) -> list[Row]:
                 "ts": _ops_torch_struct(lambda t, k=ts_class, kw=kwargs: k(t, **kw), theta),
                 "zoo": _ops_zoo(lambda t, k=zoo_class, kw=kwargs: k(t, **kw), theta),
             }
-            if supar is not None:
+            if args.no_peers:
+                del ops["ts"]
+            if supar is not None and not args.no_peers:
                 scores = _potentials((b, n + 1, n + 1))
                 ops["supar"] = _ops_supar(lambda s=scores, k=peers[name]: k(s), scores)
             if args.before_structures is not None:
@@ -429,7 +467,7 @@ def memory_rows(args: Any) -> tuple[list[tuple[str, str]], int]:
 def chain_targets(rows: list[Row], zoo_bytes: int | None) -> list[tuple[str, str]]:
     def ratio(size: tuple, op: str) -> float:
         for s, sz, o, t in rows:
-            if s == "chain" and sz == str(size) and o == op:
+            if s == "chain" and sz == str(size) and o == op and "ts" in t:
                 return _ratio(t["ts"], t["zoo"])
         return math.nan
 
@@ -468,6 +506,15 @@ def main() -> None:
         "--before", default=BASE_REVISION, help="git revision for the before column"
     )
     parser.add_argument("--no-before", action="store_true", help="no before column")
+    parser.add_argument(
+        "--no-chart", action="store_true", help="no chart-core column for the chain"
+    )
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="time the zoo only (with its before and chart columns): no torch-struct, "
+        "SuPar or pytorch-crf",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument(
         "--ts-memory-cap",
@@ -498,7 +545,7 @@ def main() -> None:
         rows += tree_rows(args)
     print()
     _print_rows(rows)
-    if args.only in (None, "chain"):
+    if args.only in (None, "chain") and not args.no_peers:
         print("\npeak memory (fresh process, RSS growth of one call):")
         memory, zoo_bytes = memory_rows(args)
         for name, value in memory:

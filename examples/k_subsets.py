@@ -31,7 +31,7 @@ class KSubsets(ChartStructure):
         if lengths is not None or not 0 <= k <= self.max_length:
             raise ValueError(f"KSubsets: need 0 ≤ k ≤ N = {self.max_length}, no lengths; k={k}")
 
-    def _extra_args(self) -> dict:
+    def extra_args(self) -> dict:
         return {"k": self.k}
 
     @property
@@ -51,5 +51,4 @@ class KSubsets(ChartStructure):
         n, theta = self.max_length, self.log_potentials
         rows = [[float(i in s) for i in range(n)] for s in itertools.combinations(range(n), self.k)]
         z = torch.tensor(rows, dtype=theta.dtype, device=theta.device).reshape(-1, n)
-        z = z.reshape(len(z), *[1] * len(self.batch_shape), n)
-        return z.expand(len(z), *self.batch_shape, n) if expand else z
+        return self.broadcast_support(z, expand)

@@ -48,7 +48,7 @@ from zoo.estimators import (
     UnorderedSetReinforce,
 )
 from zoo.structures import Bernoulli, Categorical, LinearChainCRF, Structure
-from zoo.testing import check_estimator
+from zoo.testing import check_estimator, sample_test
 
 
 @dataclass(frozen=True)
@@ -367,3 +367,27 @@ def test_learned_baseline_checks_its_input_size() -> None:
     q = STRUCTURE_CASES[0].build(torch.float64)
     with pytest.raises(ValueError, match="in_features=5"):
         Reinforce(1, LearnedBaseline(5))(q, NonlinearCost(q))
+
+
+def test_st_gumbel_softmax_and_st_gumbel_crf_differ_on_a_chain() -> None:
+    # The relaxation is the estimator's choice, not the chain's: STGumbelSoftmax
+    # evaluates argmax(θ + G) with noise on every transition (perturb-and-MAP, the
+    # very z of PerturbAndMAP under the same seed, not an exact sample of a
+    # chain), GumbelCRF(straight_through=True) the exact FFBS sample.
+    q = LinearChainCRF(torch.randn(1, 3, 3, 3, generator=torch.Generator().manual_seed(12)))
+    q = q.with_potentials(q.log_potentials.double())
+
+    def draw(estimator: Estimator, seed: int = 0) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return estimator(q, lambda z: z.sum((-3, -2, -1))).z.detach()
+
+    st_gumbel = draw(STGumbelSoftmax(0.5, num_samples=20000))
+    torch.testing.assert_close(st_gumbel, draw(PerturbAndMAP(0.5, num_samples=20000)))
+    st_crf = draw(GumbelCRF(0.5, straight_through=True, num_samples=20000))
+    assert (sample_test(q, st_gumbel) < 1e-6).all(), "perturb-and-MAP is not exact on a chain"
+    assert (sample_test(q, st_crf) > 1e-3).all(), "the Gumbel-CRF hard path is an exact sample"
+    # On a one-hot structure the two notions agree: argmax(θ + G) is exact.
+    cat = Categorical(torch.randn(2, 3, generator=torch.Generator().manual_seed(1)).double())
+    torch.manual_seed(0)
+    z = STGumbelSoftmax(0.5, num_samples=20000)(cat, lambda z: z.sum((-2, -1))).z.detach()
+    assert (sample_test(cat, z) > 1e-3).all()

@@ -56,9 +56,10 @@ def test_chain_posterior_and_kl_match_enumeration() -> None:
         log_q = brute_force_log_q(emissions[b], latent.transition.detach())
         # The structure's probability of every sequence is the brute-force one ...
         for k, y in enumerate(sequences(n, c)):
-            z = torch.zeros(n - 1, c, c, dtype=torch.float64)
+            z = torch.zeros(n, c, c, dtype=torch.float64)
             for i in range(n - 1):
                 z[i, y[i + 1], y[i]] = 1
+            z[n - 1, 0, y[n - 1]] = 1  # into the virtual end (LinearChainCRF.from_scores)
             torch.testing.assert_close(q[b].log_prob(z), log_q[k])
         # ... and the KL to the uniform prior is Σ q log(q · C^N), exact and ≥ 0.
         expected = (log_q.exp() * (log_q + n * math.log(c))).sum()
@@ -73,7 +74,7 @@ def test_chain_posterior_and_kl_match_enumeration() -> None:
 def test_chain_decoder_input_is_the_labels_per_position() -> None:
     latent = ChainLatent(num_variables=4, num_states=3)
     q = latent.posterior(torch.randn(5, 12))
-    z = q.sample(7)  # (7, 5, 3, 3, 3)
+    z = q.sample(7)  # (7, 5, 4, 3, 3): the last transition into the virtual end
     labels = latent.decoder_input(z).unflatten(-1, (4, 3))  # (7, 5, N, C)
     assert torch.equal(labels.sum(-1), torch.ones(7, 5, 4))  # one label per position
     # Consecutive labels are the transition the sample took.
@@ -90,7 +91,7 @@ def test_chain_decoder_input_is_the_labels_per_position() -> None:
     [
         (CategoricalLatent(3, 4), (3, 4)),
         (BernoulliLatent(5), (5,)),
-        (ChainLatent(3, 2), (2, 2, 2)),
+        (ChainLatent(3, 2), (3, 2, 2)),
     ],
     ids=["categorical", "bernoulli", "chain"],
 )

@@ -194,14 +194,14 @@ def test_invalid_potentials_raise_value_error(case: StructureCase) -> None:
     forbidden.view(-1)[last] = -float("inf")
     q.with_potentials(forbidden)
     with pytest.raises(ValueError, match="dimensions"):
-        kind(torch.zeros(q.event_shape[1:] if q.event_dim > 1 else ()), **q._extra_args())
+        kind(torch.zeros(q.event_shape[1:] if q.event_dim > 1 else ()), **q.extra_args())
     n = q.max_length
     try:
-        kind(q.log_potentials, lengths=torch.full(q.batch_shape, n), **q._extra_args())
+        kind(q.log_potentials, lengths=torch.full(q.batch_shape, n), **q.extra_args())
     except ValueError:
         return  # a structure without lengths (the tutorial's k-subsets)
     for bad in (0, n + 1):
         with pytest.raises(ValueError, match=rf"lengths must lie in \[1, {n}\]"):
-            kind(q.log_potentials, lengths=torch.full(q.batch_shape, bad), **q._extra_args())
+            kind(q.log_potentials, lengths=torch.full(q.batch_shape, bad), **q.extra_args())
     with pytest.raises(ValueError, match="integer"):
-        kind(q.log_potentials, lengths=torch.full(q.batch_shape, 1.0), **q._extra_args())
+        kind(q.log_potentials, lengths=torch.full(q.batch_shape, 1.0), **q.extra_args())

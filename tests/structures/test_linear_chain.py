@@ -8,6 +8,7 @@ reproducible.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -257,7 +258,7 @@ def test_gumbel_crf_hard_path_is_an_exact_sample() -> None:
     theta = _theta(2, 3, 3, 3, seed=12).masked_fill(_forbidden((2, 3, 3, 3), seed=4), -INF)
     q = LinearChainCRF(theta, lengths=torch.tensor([3, 4]))
     torch.manual_seed(0)
-    hard, _ = q.rsample_with_hard(20000, 0.5)
+    hard, _ = q.gumbel_crf(20000, 0.5)
     p_values = sample_test(q, hard)
     assert (p_values > ALPHA).all(), p_values
 
@@ -268,7 +269,7 @@ def test_gumbel_crf_soft_path_is_a_relaxed_chain() -> None:
     q = LinearChainCRF(theta, lengths=lengths)
     real = torch.arange(5) < (lengths - 1).unsqueeze(-1)  # (B, N-1) real transitions
     torch.manual_seed(2)
-    hard, soft = q.rsample_with_hard(100, 1.0)
+    hard, soft = q.gumbel_crf(100, 1.0)
     assert (soft >= 0).all()
     torch.testing.assert_close(soft.sum((-2, -1)), real.double().expand(100, 2, 5))
     # Mass entering position n+1 (sum over its predecessor) = mass leaving it.
@@ -280,7 +281,7 @@ def test_gumbel_crf_soft_path_is_a_relaxed_chain() -> None:
     gap = {}
     for tau in (1.0, 0.1, 1e-4):
         torch.manual_seed(3)
-        hard, soft = q.rsample_with_hard(100, tau)
+        hard, soft = q.gumbel_crf(100, tau)
         gap[tau] = (soft - hard).abs().mean().item()  # the max is set by rare near-ties
     assert gap[1e-4] < 1e-4 < gap[0.1] < gap[1.0], gap
 
@@ -292,26 +293,41 @@ def test_gumbel_crf_soft_path_gradient() -> None:
 
     def soft(t: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(4)  # the same noise, so the same hard path, on every call
-        z = LinearChainCRF(t, lengths=lengths).rsample_with_hard(3, 0.7)[1]
+        z = LinearChainCRF(t, lengths=lengths).gumbel_crf(3, 0.7)[1]
         return (z * weights).sum((-3, -2, -1))  # (S, B): a few outputs keep gradcheck fast
 
     assert torch.autograd.gradcheck(soft, (theta,))
 
 
-def test_rsample_is_the_stochastic_softmax_trick_and_gumbel_crf_the_pair() -> None:
+def test_relaxed_samples_are_the_base_class_pair_and_gumbel_crf_is_separate() -> None:
+    # The chain offers perturbed potentials and their marginals (the base class's
+    # rsample and rsample_with_hard) and the Gumbel-CRF pair as a separate method;
+    # which one a gradient goes through is the estimator's choice.
     q = LinearChainCRF(_theta(2, 3, 3, 3), lengths=torch.tensor([4, 3]))
     torch.manual_seed(5)
     got = q.rsample(4, 0.5)
     torch.manual_seed(5)
-    want = q.with_potentials((q.log_potentials + q.perturb_noise(4)) / 0.5).marginals()
-    torch.testing.assert_close(got, want)
-    torch.manual_seed(6)
-    hard, soft = q.gumbel_crf(4, 0.5)
-    torch.manual_seed(6)
-    hard2, soft2 = q.rsample_with_hard(4, 0.5)
-    torch.testing.assert_close(hard, hard2)
-    torch.testing.assert_close(soft, soft2)
-    assert hard.shape == soft.shape == (4, 2, 3, 3, 3)
+    perturbed = q.log_potentials + q.perturb_noise(4)
+    torch.testing.assert_close(got, q.with_potentials(perturbed / 0.5).marginals())
+    torch.manual_seed(5)
+    hard, soft = q.rsample_with_hard(4, 0.5)
+    torch.testing.assert_close(hard, q.with_potentials(perturbed).argmax())
+    torch.testing.assert_close(soft, got)
+    torch.manual_seed(5)
+    crf_hard, crf_soft = q.gumbel_crf(4, 0.5)
+    assert crf_hard.shape == crf_soft.shape == hard.shape == (4, 2, 3, 3, 3)
+    assert not torch.allclose(crf_soft, soft)
+
+
+def test_perturb_and_map_hard_sample_is_not_exact_but_ffbs_is() -> None:
+    # Gumbel noise on every transition makes argmax(θ + G) a biased sample of a
+    # chain (unlike one-hot structures); the Gumbel-CRF's hard path is exact.
+    q = LinearChainCRF(_theta(1, 3, 3, 3, seed=12))
+    torch.manual_seed(0)
+    biased = sample_test(q, q.rsample_with_hard(20000, 0.5)[0])
+    exact = sample_test(q, q.gumbel_crf(20000, 0.5)[0])
+    assert (biased < 1e-6).all(), biased
+    assert (exact > ALPHA).all(), exact
 
 
 def test_kl_between_equal_chains_is_zero() -> None:
@@ -321,3 +337,66 @@ def test_kl_between_equal_chains_is_zero() -> None:
     q = LinearChainCRF(theta.clone(), lengths=torch.tensor([4, 2]))
     kl = torch.distributions.kl_divergence(p, q)
     torch.testing.assert_close(kl, torch.zeros(2, dtype=kl.dtype), atol=1e-12, rtol=0)
+
+
+# ----------------------------------------------------------------- from_scores
+def _score(y: list[int], unary: torch.Tensor, transition: torch.Tensor, start: torch.Tensor):
+    """s(y) = start[y_0] + Σ unary[n, y_n] + Σ transition[n, y_{n+1}, y_n], by hand."""
+    total = start[y[0]] + sum(unary[n, c] for n, c in enumerate(y))
+    return total + sum(transition[n, y[n + 1], y[n]] for n in range(len(y) - 1))
+
+
+@pytest.mark.parametrize("per_step", [False, True], ids=["shared", "per-step"])
+def test_from_scores_is_the_sum_of_its_scores(per_step: bool) -> None:
+    unary, start = _theta(3, 4, 3, seed=20), _theta(3, 3, seed=21)
+    transition = _theta(3, 3, 3, 3, seed=22) if per_step else _theta(3, 3, seed=22)
+    lengths = torch.tensor([4, 2, 1])
+    q = LinearChainCRF.from_scores(unary, transition, start, lengths)
+    assert q.event_shape == (4, 3, 3) and q.lengths.tolist() == [5, 3, 2]
+    support, valid = q.enumerate_padded_support()
+    log_p = q.log_prob(support)
+    for b, length in enumerate(lengths.tolist()):
+        step = transition[b] if per_step else transition.expand(3, 3, 3)
+        scores = {}
+        for y in itertools.product(range(3), repeat=length):
+            scores[y] = _score(list(y), unary[b], step, start[b])
+        log_z = torch.logsumexp(torch.stack(list(scores.values())), 0)
+        torch.testing.assert_close(q.log_partition()[b], log_z)
+        # Every z with mass is one label sequence, read off as z.sum(-2).
+        seen = 0
+        for z, lp, ok in zip(support[:, b], log_p[:, b], valid[:, b], strict=True):
+            if ok and lp > -INF:
+                labels = z.sum(-2)[:length].argmax(-1).tolist()
+                torch.testing.assert_close(lp, scores[tuple(labels)] - log_z)
+                assert (z.sum(-2)[length:] == 0).all()
+                seen += 1
+        assert seen == 3**length  # a one-label chain keeps its three outcomes
+
+
+def test_from_scores_matches_the_fold_into_the_first_transition() -> None:
+    # torch-struct's hmm layout (the first unary folded into θ[0], N-1 transitions)
+    # gives the same distribution wherever it can hold the chain (N ≥ 2).
+    unary, transition, start = _theta(2, 5, 4, seed=23), _theta(4, 4, seed=24), _theta(4, seed=25)
+    fold = transition + unary[:, 1:, :, None]
+    fold[:, 0] += (start + unary[:, 0])[:, None, :]
+    q, ref = LinearChainCRF.from_scores(unary, transition, start), LinearChainCRF(fold)
+    torch.testing.assert_close(q.log_partition(), ref.log_partition())
+    torch.testing.assert_close(q.marginals().sum(-2)[:, 1:], ref.marginals().sum(-1))
+    torch.testing.assert_close(q.argmax().sum(-2)[:, 1:], ref.argmax().sum(-1))
+
+
+def test_from_scores_rejects_mismatched_arguments() -> None:
+    unary = torch.zeros(2, 3, 4)
+    with pytest.raises(ValueError, match=r"lengths of shape \(1,\) \(batch size 1\).*\(2,\)"):
+        LinearChainCRF.from_scores(unary, torch.zeros(4, 4), lengths=torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 3\].*from 0 to 3"):
+        LinearChainCRF.from_scores(unary, torch.zeros(4, 4), lengths=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"transition must have shape.*got \(3, 3\)"):
+        LinearChainCRF.from_scores(unary, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"start must have shape.*got \(3,\)"):
+        LinearChainCRF.from_scores(unary, torch.zeros(4, 4), torch.zeros(3))
+
+
+def test_lengths_never_broadcast_over_the_batch() -> None:
+    with pytest.raises(ValueError, match=r"lengths of shape \(1,\).*batch shape \(2,\)"):
+        LinearChainCRF(torch.zeros(2, 3, 4, 4), lengths=torch.tensor([4]))

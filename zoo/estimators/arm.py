@@ -77,7 +77,8 @@ class ARM(Estimator):
         z = torch.cat([b, b_anti]).to(theta.dtype)  # (2S, *batch, N)
         cost = self.evaluate(cost_fn, z, q)
         diff = (cost[:num] - cost[num:]).detach().to(u.dtype)  # f(b) - f(b̃), (S, *batch)
-        grad = self._gradient(diff, u, b, b_anti, theta.detach().to(u.dtype))  # (S, *batch, N)
+        # (S, *batch, N)
+        grad = self.gradient_estimate(diff, u, b, b_anti, theta.detach().to(u.dtype))
         if real is not None:
             grad = grad * real
         # The θ-gradient of the second term is the mean estimate; z carries none.
@@ -86,10 +87,21 @@ class ARM(Estimator):
             z=z, cost=cost.detach().mean(0), surrogate=surrogate, stats=self.spread(cost)
         )
 
-    def _gradient(
+    def gradient_estimate(
         self, diff: Tensor, u: Tensor, b: Tensor, b_anti: Tensor, theta: Tensor
     ) -> Tensor:
-        """g = (f(b̃) - f(b)) (u - 1/2), ``(S, *batch, N)``."""
+        """The per-bit gradient estimate g = (f(b̃) - f(b)) (u - 1/2), ``(S, *batch, N)``.
+
+        The one method an antithetic variant overrides (`DisARM` does); the
+        sampling, the cost evaluation and the surrogate stay `ARM`'s.
+
+        Args:
+            diff: f(b) - f(b̃), ``(S, *batch)``, detached.
+            u: the uniforms ``(S, *batch, N)``.
+            b: the sample 1[u < σ(θ)], boolean ``(S, *batch, N)``.
+            b_anti: its antithetic partner 1[u > σ(-θ)], boolean.
+            theta: the logits ``(*batch, N)``, detached, in u's dtype.
+        """
         return -diff.unsqueeze(-1) * (u - 0.5)
 
 
@@ -105,7 +117,7 @@ class DisARM(ARM):
         TypeError: at call time, a structure that is not `Bernoulli`.
     """
 
-    def _gradient(
+    def gradient_estimate(
         self, diff: Tensor, u: Tensor, b: Tensor, b_anti: Tensor, theta: Tensor
     ) -> Tensor:
         """g = ½ (f(b) - f(b̃)) (-1)^{b̃} 1[b ≠ b̃] σ(|θ|), ``(S, *batch, N)``."""

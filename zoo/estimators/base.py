@@ -12,6 +12,10 @@ Estimators use only the `Structure` interface (`sample`, `log_prob`,
 `enumerate_support`, `with_potentials`), so each one works unchanged on
 factorized variables, chains and trees. They are vectorized over the S
 samples: ``cost_fn`` is called once, on z of shape ``(S, *batch, *event)``.
+
+A new estimator subclasses `Estimator` and writes ``forward``; one that
+differentiates through z subclasses `zoo.estimators.PathwiseEstimator` and
+returns its ``estimate(q, cost_fn, z, stats)`` (``docs/new-estimator.md``).
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ __all__ = [
     "GumbelCRF",
     "GumbelRao",
     "GumbelSoftmax",
+    "PathwiseEstimator",
     "PerturbAndMAP",
     "STGumbelSoftmax",
     "StraightThrough",
@@ -56,8 +57,36 @@ def _straight_through(hard: Tensor, soft: Tensor) -> Tensor:
     return hard + soft - soft.detach()
 
 
-class _PathwiseEstimator(Estimator):
-    def _estimate(self, q: Structure, cost_fn: CostFn, z: Tensor, stats: dict) -> Estimate:
+class PathwiseEstimator(Estimator):
+    """The base of estimators that differentiate the cost through z itself.
+
+    A pathwise estimator writes ``forward``: it draws z ``(S, *batch, *event)``,
+    relaxed or hard with a gradient attached (straight-through), as a
+    differentiable function of θ, and returns ``self.estimate(q, cost_fn, z,
+    stats)``. The surrogate is then the mean cost itself, so the gradient
+    reaches θ through z and the cost's own parameters directly; nothing is
+    reweighted (unlike `zoo.estimators.Reinforce`). A complete example, with
+    its line count, is in ``docs/new-estimator.md``.
+
+    Args:
+        num_samples: S ≥ 1.
+    """
+
+    def estimate(
+        self, q: Structure, cost_fn: CostFn, z: Tensor, stats: dict[str, Tensor]
+    ) -> Estimate:
+        """Evaluate ``cost_fn`` once on z and return the pathwise `Estimate`.
+
+        Args:
+            q: the structure z was drawn from (for the cost's shape check).
+            cost_fn: f, z ``(S, *batch, *event)`` → ``(S, *batch)``.
+            z: the samples, carrying the gradient the estimator chose.
+            stats: detached scalars to log (the temperature, say); the
+                variance of the cost over samples is added for S ≥ 2.
+
+        Returns:
+            ``Estimate(z, cost = mean of f(z) (detached), surrogate = mean of f(z), stats)``.
+        """
         cost = self.evaluate(cost_fn, z, q)
         return Estimate(
             z=z,
@@ -67,7 +96,7 @@ class _PathwiseEstimator(Estimator):
         )
 
 
-class GumbelSoftmax(TemperedEstimator, _PathwiseEstimator):
+class GumbelSoftmax(TemperedEstimator, PathwiseEstimator):
     """The relaxed estimator: f is evaluated at z = marginals((θ + G)/τ).
 
     In training mode the cost sees relaxed z. In eval mode (``module.eval()``)
@@ -91,16 +120,18 @@ class GumbelSoftmax(TemperedEstimator, _PathwiseEstimator):
             z = q.rsample(self.num_samples, self._temperature)
         else:
             z = q.sample(self.num_samples)
-        return self._estimate(q, cost_fn, z, self.temperature_stats())
+        return self.estimate(q, cost_fn, z, self.temperature_stats())
 
 
-class STGumbelSoftmax(TemperedEstimator, _PathwiseEstimator):
+class STGumbelSoftmax(TemperedEstimator, PathwiseEstimator):
     """Straight-through Gumbel-Softmax: hard z = argmax(θ + G), relaxed gradient.
 
-    The forward z is the Gumbel-max sample (exact for categorical and
-    Bernoulli; perturb-and-MAP for structures whose `rsample_with_hard` gives no
-    exact hard sample); the backward pass differentiates the relaxed sample
-    marginals((θ + G)/τ) drawn with the same G.
+    The forward z is argmax(θ + G) with the structure's noise G on every part
+    (`Structure.rsample_with_hard`): an exact sample for categorical and
+    Bernoulli, a perturb-and-MAP sample (not exact) for chains and trees,
+    the z of `PerturbAndMAP`. The backward pass differentiates the relaxed
+    sample marginals((θ + G)/τ) drawn with the same G. For an exact sample of
+    a chain with a relaxed gradient, use ``GumbelCRF(straight_through=True)``.
 
     Args:
         temperature: τ > 0 of the relaxation used for the gradient.
@@ -109,10 +140,10 @@ class STGumbelSoftmax(TemperedEstimator, _PathwiseEstimator):
 
     def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
         hard, soft = q.rsample_with_hard(self.num_samples, self._temperature)
-        return self._estimate(q, cost_fn, _straight_through(hard, soft), self.temperature_stats())
+        return self.estimate(q, cost_fn, _straight_through(hard, soft), self.temperature_stats())
 
 
-class StraightThrough(_PathwiseEstimator):
+class StraightThrough(PathwiseEstimator):
     """Plain straight-through (Bengio et al. 2013): exact sample, gradient of the marginals.
 
     Args:
@@ -121,7 +152,7 @@ class StraightThrough(_PathwiseEstimator):
 
     def forward(self, q: Structure, cost_fn: CostFn) -> Estimate:
         hard = q.sample(self.num_samples)
-        return self._estimate(q, cost_fn, _straight_through(hard, q.marginals()), {})
+        return self.estimate(q, cost_fn, _straight_through(hard, q.marginals()), {})
 
 
 class _IMLE(torch.autograd.Function):
@@ -143,7 +174,7 @@ class _IMLE(torch.autograd.Function):
         return (hard - moved) / ctx.lam, None, None
 
 
-class PerturbAndMAP(TemperedEstimator, _PathwiseEstimator):
+class PerturbAndMAP(TemperedEstimator, PathwiseEstimator):
     """Perturb-and-MAP: z = argmax(θ + G), with one of two gradients.
 
     Args:
@@ -184,7 +215,7 @@ class PerturbAndMAP(TemperedEstimator, _PathwiseEstimator):
             hard = q.with_potentials(perturbed.detach(), validate_args=False).argmax()
             soft = q.with_potentials(perturbed / self._temperature, validate_args=False).marginals()
             z = _straight_through(hard, soft)
-        return self._estimate(q, cost_fn, z, self.temperature_stats())
+        return self.estimate(q, cost_fn, z, self.temperature_stats())
 
     def extra_repr(self) -> str:
         return (
@@ -192,7 +223,7 @@ class PerturbAndMAP(TemperedEstimator, _PathwiseEstimator):
         )
 
 
-class GumbelCRF(TemperedEstimator, _PathwiseEstimator):
+class GumbelCRF(TemperedEstimator, PathwiseEstimator):
     """Gumbel-CRF (Fu et al. 2020): relaxed forward-filtering backward-sampling for chains.
 
     One draw of Gumbel noise per position gives a pair (`LinearChainCRF.gumbel_crf`):
@@ -246,13 +277,13 @@ class GumbelCRF(TemperedEstimator, _PathwiseEstimator):
         else:
             hard, soft = sampler(self.num_samples, self._temperature)
             z = _straight_through(hard, soft) if self.straight_through else soft
-        return self._estimate(q, cost_fn, z, self.temperature_stats())
+        return self.estimate(q, cost_fn, z, self.temperature_stats())
 
     def extra_repr(self) -> str:
         return f"straight_through={self.straight_through}, {super().extra_repr()}"
 
 
-class GumbelRao(TemperedEstimator, _PathwiseEstimator):
+class GumbelRao(TemperedEstimator, PathwiseEstimator):
     """Gumbel-Rao (Paulus, Maddison & Krause 2021): straight-through, Rao-Blackwellized.
 
     Forward, the cost sees an exact sample D ∼ q. Backward, the gradient is
@@ -301,7 +332,7 @@ class GumbelRao(TemperedEstimator, _PathwiseEstimator):
             ) from error
         perturbed = (q.log_potentials + noise) / self._temperature
         soft = q.with_potentials(perturbed, validate_args=False).marginals().mean(0)
-        return self._estimate(q, cost_fn, _straight_through(hard, soft), self.temperature_stats())
+        return self.estimate(q, cost_fn, _straight_through(hard, soft), self.temperature_stats())
 
     def extra_repr(self) -> str:
         return f"num_rao={self.num_rao}, {super().extra_repr()}"

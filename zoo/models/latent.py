@@ -161,10 +161,11 @@ class BernoulliLatent(Latent):
 class ChainLatent(Latent):
     """A label sequence of N positions and C states: a `LinearChainCRF` with a learned transition.
 
-    The logits are N·C emission scores e ``(N, C)``; the potentials are
-    θ[n, c', c] = e_{n+1}(c') + T[c', c], plus e_0(c) at n = 0, with T a learned
-    ``(C, C)`` parameter initialised at 0 (so the chain starts as N independent
-    categoricals). The prior is uniform over the C^N sequences (θ = 0), so
+    The logits are N·C emission scores e ``(N, C)``, and the chain is
+    ``LinearChainCRF.from_scores(e, T)`` with T a learned ``(C, C)`` transition
+    parameter initialised at 0 (so the chain starts as N independent
+    categoricals): z ``(N, C, C)``, the last transition the virtual end. The
+    prior is uniform over the C^N sequences (all scores 0), so
     KL(q ‖ p) = N log C − H(q), exact. The decoder reads the labels per
     position ``(N·C)``: one-hot for a hard z, the unary marginals of a relaxed one.
 
@@ -194,21 +195,16 @@ class ChainLatent(Latent):
     def posterior(self, logits: Tensor) -> LinearChainCRF:
         self._check_logits(logits)
         emissions = logits.unflatten(-1, (self.num_variables, self.num_states))  # (*batch, N, C)
-        theta = emissions[..., 1:, :, None] + self.transition  # (*batch, N-1, C', C)
-        first = torch.zeros_like(theta)
-        first[..., 0, :, :] = emissions[..., 0, None, :]  # e_0(c), counted once, at n = 0
-        return LinearChainCRF(theta + first, validate_args=False)
+        return LinearChainCRF.from_scores(emissions, self.transition, validate_args=False)
 
     def prior(self, batch_shape: torch.Size | tuple[int, ...]) -> LinearChainCRF:
         n, c = self.num_variables, self.num_states
-        zeros = self.transition.new_zeros(()).expand(*batch_shape, n - 1, c, c)
-        return LinearChainCRF(zeros, validate_args=False)
+        zeros = self.transition.new_zeros(()).expand(*batch_shape, n, c)
+        return LinearChainCRF.from_scores(zeros, zeros.new_zeros(c, c), validate_args=False)
 
     def decoder_input(self, z: Tensor) -> Tensor:
-        """The labels per position, ``(*sample, *batch, N·C)``, from transitions ``(…, N-1, C, C)``."""
-        first = z[..., :1, :, :].sum(-2)  # (…, 1, C): the state c left at position 0
-        rest = z.sum(-1)  # (…, N-1, C): the state c' entered at position n + 1
-        return torch.cat([first, rest], dim=-2).flatten(-2)
+        """The labels per position, ``(*sample, *batch, N·C)``, from transitions ``(…, N, C, C)``."""
+        return z.sum(-2).flatten(-2)  # the label c left at every position n
 
 
 def as_latent(value: Any, name: str = "latent") -> Latent:

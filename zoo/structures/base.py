@@ -185,11 +185,11 @@ class Structure(Distribution):
         if log_potentials.dim() < self.event_dim:
             raise ValueError(
                 f"{name}: log_potentials must have at least {self.event_dim} dimensions "
-                f"{self._event_layout()}, got shape {tuple(log_potentials.shape)}"
+                f"{self.event_layout()}, got shape {tuple(log_potentials.shape)}"
             )
         event_shape = log_potentials.shape[log_potentials.dim() - self.event_dim :]
         batch_shape = log_potentials.shape[: log_potentials.dim() - self.event_dim]
-        self._check_event_shape(event_shape)
+        self.check_event_shape(event_shape)
         validate = Distribution._validate_args if validate_args is None else validate_args
         # One reduction finds both NaN and +inf: the sum is then NaN or +inf
         # (a -inf, a forbidden part, alone makes it -inf, which passes). Only
@@ -206,12 +206,21 @@ class Structure(Distribution):
 
     # ------------------------------------------------------------------ set-up
     @classmethod
-    def _event_layout(cls) -> str:
-        """A few words on the event layout, for error messages."""
+    def event_layout(cls) -> str:
+        """A few words on the layout of θ, e.g. ``"(*batch, N, K)"``, for error messages.
+
+        Override it in a new structure; the default says nothing.
+        """
         return ""
 
-    def _check_event_shape(self, event_shape: torch.Size) -> None:
-        """Raise ValueError if the trailing dimensions cannot be an event."""
+    def check_event_shape(self, event_shape: torch.Size) -> None:
+        """Raise ValueError if ``event_shape`` (θ's last `event_dim` sizes) cannot be an event.
+
+        Override it in a new structure whose event has constraints (square
+        blocks, at least one position); the message should name the shape and
+        what was expected. Called once by the constructor, before anything else
+        reads θ. The default accepts every shape.
+        """
 
     @property
     def max_length(self) -> int:
@@ -229,13 +238,13 @@ class Structure(Distribution):
             raise ValueError(
                 f"{name}: lengths must be an integer tensor, got dtype {lengths.dtype}"
             )
-        try:
-            lengths = lengths.expand(batch_shape)
-        except RuntimeError:
+        # No broadcasting: lengths (1,) beside a batch of 2 is a mistake, not a shorthand.
+        if lengths.shape != batch_shape:
             raise ValueError(
                 f"{name}: lengths of shape {tuple(lengths.shape)} do not match the batch shape "
-                f"{tuple(batch_shape)} of log_potentials {tuple(self.log_potentials.shape)}"
-            ) from None
+                f"{tuple(batch_shape)} of log_potentials {tuple(self.log_potentials.shape)}; "
+                f"expected one length per batch element, shape {tuple(batch_shape)}"
+            )
         if validate and lengths.numel() > 0:
             low, high, n = int(lengths.min()), int(lengths.max()), self.max_length
             if low < 1 or high > n:
@@ -273,8 +282,15 @@ class Structure(Distribution):
             for name, value in results.items():
                 self._memo.setdefault((name, grad), value)
 
-    def _extra_args(self) -> dict[str, Any]:
-        """Constructor arguments beyond θ and lengths (flags such as multiroot)."""
+    def extra_args(self) -> dict[str, Any]:
+        """Constructor arguments beyond θ and lengths, by name (flags such as ``multiroot``).
+
+        Override it in a structure whose constructor takes more than
+        ``(log_potentials, lengths, validate_args)``: `with_potentials`,
+        indexing, `reshape_batch` and `expand` rebuild the structure with
+        ``type(self)(θ, lengths=..., **self.extra_args())``, and KL compares
+        them (two structures of one kind with different flags have no KL).
+        """
         return {}
 
     def with_potentials(self, theta: Tensor, validate_args: bool | None = None) -> Structure:
@@ -286,7 +302,7 @@ class Structure(Distribution):
         lengths = None
         if self.lengths is not None:
             lengths = self.lengths.expand(theta.shape[: theta.dim() - self.event_dim])
-        return type(self)(theta, lengths=lengths, validate_args=validate_args, **self._extra_args())
+        return type(self)(theta, lengths=lengths, validate_args=validate_args, **self.extra_args())
 
     def _internal(self, theta: Tensor) -> Structure:
         # Structures built from already validated θ (perturbed copies) skip the
@@ -307,7 +323,7 @@ class Structure(Distribution):
             )
         lengths = None if self.lengths is None else self.lengths[index]
         return type(self)(
-            self.log_potentials[index], lengths=lengths, validate_args=False, **self._extra_args()
+            self.log_potentials[index], lengths=lengths, validate_args=False, **self.extra_args()
         )
 
     def reshape_batch(self, shape: Sequence[int]) -> Structure:
@@ -318,10 +334,14 @@ class Structure(Distribution):
             if self.lengths is None
             else self.lengths.reshape(theta.shape[: theta.dim() - self.event_dim])
         )
-        return type(self)(theta, lengths=lengths, validate_args=False, **self._extra_args())
+        return type(self)(theta, lengths=lengths, validate_args=False, **self.extra_args())
 
-    def _flat(self) -> tuple[Tensor, Tensor | None]:
-        """θ as ``(B, *event)`` and lengths as ``(B,)``, B the product of the batch shape."""
+    def flatten_batch(self) -> tuple[Tensor, Tensor | None]:
+        """θ as ``(B, *event)`` and lengths as ``(B,)`` (or None), B the product of the batch shape.
+
+        For a structure's own computations, which are simplest on one batch
+        dimension; `unflatten_batch` restores the batch shape of a result.
+        """
         # An explicit B: reshape(-1, ...) is ambiguous for an empty batch or event.
         # One batch dimension already: no reshape (each adds an autograd node).
         if len(self.batch_shape) == 1:
@@ -331,8 +351,8 @@ class Structure(Distribution):
         lengths = None if self.lengths is None else self.lengths.reshape(size)
         return theta, lengths
 
-    def _unflat(self, x: Tensor) -> Tensor:
-        """Undo `_flat` on the leading dimension of ``x``: ``(B, ...)`` → ``(*batch, ...)``."""
+    def unflatten_batch(self, x: Tensor) -> Tensor:
+        """Undo `flatten_batch` on the leading dimension of ``x``: ``(B, ...)`` → ``(*batch, ...)``."""
         # torch.Size concatenation also covers an empty batch shape.
         if len(self.batch_shape) == 1:
             return x
@@ -459,11 +479,16 @@ class Structure(Distribution):
             valid.reshape(size, *self.batch_shape),
         )
 
-    def _equal_lengths(self) -> int | None:
-        """The common length of the batch (None without lengths); ValueError if they differ."""
-        if self.lengths is None:
-            return None
-        if self.lengths.numel() == 0:
+    def support_length(self) -> int:
+        """The one length every batch element has, for `enumerate_support`.
+
+        `max_length` without lengths (or with an empty batch).
+
+        Raises:
+            ValueError: the lengths differ across the batch (enumerate one batch
+                element at a time, or use `enumerate_padded_support`).
+        """
+        if self.lengths is None or self.lengths.numel() == 0:
             return self.max_length
         low, high = int(self.lengths.min()), int(self.lengths.max())
         if low != high:
@@ -472,6 +497,19 @@ class Structure(Distribution):
                 f"got values from {low} to {high}; enumerate one batch element at a time"
             )
         return low
+
+    def broadcast_support(self, z: Tensor, expand: bool = True) -> Tensor:
+        """One batch element's support ``(|Z|, *event)`` laid over the batch.
+
+        The tail of every `enumerate_support`: a structure lists its support
+        once (at `support_length`) and returns ``self.broadcast_support(z, expand)``.
+
+        Returns:
+            ``(|Z|, *batch, *event)`` (a view, no copy) with ``expand``, else
+            ``(|Z|, 1, …, 1, *event)``, as `torch.distributions` asks.
+        """
+        z = z.reshape(z.shape[0], *([1] * len(self.batch_shape)), *self.event_shape)
+        return z.expand(z.shape[0], *self.batch_shape, *self.event_shape) if expand else z
 
     @torch.no_grad()
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
@@ -574,7 +612,7 @@ class Structure(Distribution):
         return self._internal(perturbed / temperature).marginals().to(self.log_potentials.dtype)
 
     def __repr__(self) -> str:
-        extra = "".join(f", {k}={v!r}" for k, v in self._extra_args().items())
+        extra = "".join(f", {k}={v!r}" for k, v in self.extra_args().items())
         lengths = "" if self.lengths is None else ", lengths=..."
         return (
             f"{type(self).__name__}(batch_shape={tuple(self.batch_shape)}, "
@@ -585,7 +623,7 @@ class Structure(Distribution):
 @register_kl(Structure, Structure)
 def _kl_structure(p: Structure, q: Structure) -> Tensor:
     """KL(p ‖ q) of two structures of one kind, from log-partitions and marginals."""
-    if type(p) is not type(q) or p._extra_args() != q._extra_args():
+    if type(p) is not type(q) or p.extra_args() != q.extra_args():
         raise NotImplementedError(
             f"KL is defined between structures of one kind, got {p!r} and {q!r}"
         )

@@ -265,27 +265,27 @@ class ChartStructure(Structure):
         return self.max_length + 1
 
     def log_partition(self) -> Tensor:
-        theta, lengths = self._flat()
+        theta, lengths = self.flatten_batch()
         value = self.inside(theta, lengths, logsumexp)
         value = torch.where(is_empty_support(value, self.chart_size), -math.inf, value)
-        return self._unflat(value.to(theta.dtype))
+        return self.unflatten_batch(value.to(theta.dtype))
 
     def entropy(self) -> Tensor:
         h = super().entropy()
         return torch.where(torch.isnan(h), 0.0, h)  # empty support: -inf - (-inf)
 
     def argmax(self) -> Tensor:
-        theta, lengths = self._flat()
+        theta, lengths = self.flatten_batch()
         z, value = chart_indicator(lambda t: self.inside(t, lengths, maximum), theta)
         empty = is_empty_support(value, self.chart_size)
         if bool(empty.any()):
             _raise_empty(type(self).__name__, empty, self.batch_shape, "argmax")
-        return self._unflat(z.to(theta.dtype))
+        return self.unflatten_batch(z.to(theta.dtype))
 
     @torch.no_grad()
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
         shape = _as_size(sample_shape)
-        theta, lengths = self._flat()
+        theta, lengths = self.flatten_batch()
         z, value = chart_samples(self.inside, theta, lengths, shape.numel())
         empty = is_empty_support(value, self.chart_size)
         if bool(empty.any()):

@@ -88,22 +88,22 @@ class DependencyStructure(Structure):
         super().__init__(log_potentials, lengths=lengths, validate_args=validate_args)
 
     @classmethod
-    def _event_layout(cls) -> str:
+    def event_layout(cls) -> str:
         return "(*batch, N, N): arcs head → child, ROOT arcs on the diagonal"
 
-    def _check_event_shape(self, event_shape: torch.Size) -> None:
+    def check_event_shape(self, event_shape: torch.Size) -> None:
         n, n2 = event_shape
         if n != n2 or n < 1:
             raise ValueError(
                 f"{type(self).__name__}: log_potentials must end with a square (N, N) arc matrix "
-                f"{self._event_layout()}, N ≥ 1, got event shape {tuple(event_shape)}"
+                f"{self.event_layout()}, N ≥ 1, got event shape {tuple(event_shape)}"
             )
 
     @property
     def max_length(self) -> int:
         return self.log_potentials.shape[-1]
 
-    def _extra_args(self) -> dict[str, Any]:
+    def extra_args(self) -> dict[str, Any]:
         return {"multiroot": self.multiroot}
 
     def _valid(self, lengths: Tensor | None, batch: int, device: torch.device) -> Tensor:
@@ -116,7 +116,7 @@ class DependencyStructure(Structure):
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         n = self.max_length
-        length = self._equal_lengths() or n
+        length = self.support_length()
         heads = torch.tensor(
             _trees(length, self.multiroot, self._projective),
             dtype=torch.long,
@@ -126,5 +126,4 @@ class DependencyStructure(Structure):
         tree = torch.arange(heads.shape[0], device=heads.device)[:, None].expand_as(heads)
         z = self.log_potentials.new_zeros(heads.shape[0], n, n)
         z[tree, torch.where(heads < 0, child, heads), child] = 1.0
-        z = z.reshape(z.shape[0], *([1] * len(self.batch_shape)), *self.event_shape)
-        return z.expand(z.shape[0], *self.batch_shape, *self.event_shape) if expand else z
+        return self.broadcast_support(z, expand)

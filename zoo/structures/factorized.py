@@ -79,7 +79,7 @@ class _Factorized(Structure):
 
     def _combinations(self, values: int) -> Tensor:
         """All assignments of the real variables, ``(values^L, N)`` with -1 at padding."""
-        length = self._equal_lengths() or self.max_length
+        length = self.support_length()
         rows = torch.tensor(
             list(itertools.product(range(values), repeat=length)),
             dtype=torch.long,
@@ -105,7 +105,7 @@ class Categorical(_Factorized):
     event_dim = 2
 
     @classmethod
-    def _event_layout(cls) -> str:
+    def event_layout(cls) -> str:
         return "(*batch, N, K)"
 
     def _safe(self) -> tuple[Tensor, Tensor]:
@@ -202,8 +202,7 @@ class Categorical(_Factorized):
         rows = self._combinations(theta.shape[-1])  # (K^L, N)
         z = F.one_hot(rows.clamp(min=0), theta.shape[-1]).to(theta.dtype)
         z = z * (rows >= 0).unsqueeze(-1)  # padded variables are all-zero
-        z = z.reshape(z.shape[0], *([1] * len(self.batch_shape)), *self.event_shape)
-        return z.expand(z.shape[0], *self.batch_shape, *self.event_shape) if expand else z
+        return self.broadcast_support(z, expand)
 
 
 class Bernoulli(_Factorized):
@@ -227,7 +226,7 @@ class Bernoulli(_Factorized):
     event_dim = 1
 
     @classmethod
-    def _event_layout(cls) -> str:
+    def event_layout(cls) -> str:
         return "(*batch, N)"
 
     def log_partition(self) -> Tensor:
@@ -304,5 +303,4 @@ class Bernoulli(_Factorized):
         theta = self.log_potentials
         rows = self._combinations(2)  # (2^L, N)
         z = rows.clamp(min=0).to(theta.dtype)
-        z = z.reshape(z.shape[0], *([1] * len(self.batch_shape)), *self.event_shape)
-        return z.expand(z.shape[0], *self.batch_shape, *self.event_shape) if expand else z
+        return self.broadcast_support(z, expand)

@@ -33,16 +33,29 @@ the work and memory. The forward algorithm is the chain's `inside` pass over
 * `sample`: exact forward-filtering backward-sampling (FFBS; Carter & Kohn
   1994; Frühwirth-Schnatter 1994), inverse-CDF sampling at every backward
   step, all S samples in one sweep of batch (B, S).
-* `gumbel_crf` (and `rsample_with_hard`, which returns it): the Gumbel-CRF
-  of Fu et al. (2020, "Latent Template Induction with Gumbel-CRFs"): relaxed
-  FFBS, whose hard path is an exact sample and whose soft path replaces every
-  Gumbel-max by a tempered softmax (details in `LinearChainCRF`). `rsample`
-  stays the base class's stochastic softmax trick (marginals of (θ + G)/τ);
-  which relaxation to train with is the estimator's choice
-  (`zoo.estimators.GumbelCRF` uses this one).
+* `gumbel_crf`: the Gumbel-CRF of Fu et al. (2020, "Latent Template
+  Induction with Gumbel-CRFs"): relaxed FFBS, whose hard path is an exact
+  sample and whose soft path replaces every Gumbel-max by a tempered softmax
+  (details in `LinearChainCRF`). `rsample` and `rsample_with_hard` stay the
+  base class's (Gumbel noise on every transition: argmax(θ + G), a
+  perturb-and-MAP sample, and the stochastic softmax trick, marginals of
+  (θ + G)/τ); which relaxation to train with is the estimator's choice
+  (`zoo.estimators.GumbelCRF` uses relaxed FFBS, `STGumbelSoftmax` and
+  `GumbelSoftmax` the base class's pair).
 * `entropy`: the chain rule H(y) = H(y_{L-1}) + Σ_n H(y_n | y_{n+1}), as
   accurate as the conditionals; A(θ) - ⟨θ, μ⟩ cancels catastrophically at
   large |θ| (with ties at |θ| ~ 1e4 in float32 it is off by hundreds).
+
+**Building a chain from scores.** Models describe a chain by unary scores
+(a label at a position), transition scores and start scores;
+`LinearChainCRF.from_scores` turns them into θ, always in one layout: a
+chain of L labels becomes L + 1 positions whose last is a virtual end (label
+0, score 0), so θ has one transition per label, ``(*batch, N, C, C)`` for N
+labels, every label's unary score sits in the transition that enters it
+(the first label's, with the start score, in θ[0]), and the labels of z are
+``z.sum(-2)`` at positions n < L. A one-label chain then keeps its C
+outcomes (the fold of the first unary into θ[0] alone would lose them, see
+below).
 
 **Lengths.** With ``lengths`` (*batch) in [1, N], positions n ≥ L are
 padding: transitions n ≥ L - 1 are 0 in every z, marginal and gradient, and
@@ -66,6 +79,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from zoo.structures.base import _as_size, _at_least_zero
 from zoo.structures.chart import ChartStructure, Semiring, clamp_forbidden, work_dtype
@@ -253,6 +267,51 @@ def _check_support(q: ChartStructure, empty: Tensor, what: str) -> None:
         )
 
 
+def _check_scores(
+    unary: Tensor,
+    transition: Tensor,
+    start: Tensor | None,
+    lengths: Tensor | None,
+    validate_args: bool | None,
+) -> None:
+    """ValueError naming the first of `LinearChainCRF.from_scores`' arguments that does not fit."""
+    name = "LinearChainCRF.from_scores"
+    if not isinstance(unary, Tensor) or not unary.is_floating_point() or unary.dim() < 2:
+        got = tuple(unary.shape) if isinstance(unary, Tensor) else type(unary).__name__
+        raise ValueError(f"{name}: unary must be a floating-point (*batch, N, C) tensor, got {got}")
+    *batch, size, labels = unary.shape
+    per_step = (*batch, size - 1, labels, labels)
+    allowed = [(labels, labels), (*batch, labels, labels), per_step]
+    if not isinstance(transition, Tensor) or tuple(transition.shape) not in allowed:
+        got = tuple(transition.shape) if isinstance(transition, Tensor) else transition
+        raise ValueError(
+            f"{name}: transition must have shape (C, C) = {allowed[0]}, (*batch, C, C) = "
+            f"{allowed[1]} or (*batch, N-1, C, C) = {per_step} for unary {tuple(unary.shape)}, "
+            f"got {got}"
+        )
+    if start is not None and tuple(start.shape) not in [(labels,), (*batch, labels)]:
+        raise ValueError(
+            f"{name}: start must have shape (C,) = ({labels},) or (*batch, C) = "
+            f"{(*batch, labels)} for unary {tuple(unary.shape)}, got {tuple(start.shape)}"
+        )
+    if lengths is None:
+        return
+    if tuple(lengths.shape) != tuple(batch):
+        raise ValueError(
+            f"{name}: lengths of shape {tuple(lengths.shape)} (batch size "
+            f"{lengths.shape[0] if lengths.dim() else 'none'}) do not match unary "
+            f"{tuple(unary.shape)} (batch shape {tuple(batch)}); expected one length per chain"
+        )
+    validate = Distribution._validate_args if validate_args is None else validate_args
+    if validate and lengths.numel() > 0:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > size:
+            raise ValueError(
+                f"{name}: lengths must lie in [1, {size}] (labels per chain, unary "
+                f"{tuple(unary.shape)}), got values from {low} to {high}"
+            )
+
+
 # --------------------------------------------------------------------------- structure
 class LinearChainCRF(ChartStructure):
     r"""A linear-chain CRF over label sequences, in torch-struct's transition layout.
@@ -292,8 +351,12 @@ class LinearChainCRF(ChartStructure):
     forbidden (-inf) transitions, and equal to the hard path as τ → 0 (as
     Fu et al.'s). It costs O(S·B·N·C²), the size of the output.
 
-    `rsample_with_hard` returns this pair too, so straight-through Gumbel
-    uses an exact sample forward.
+    `rsample_with_hard` is the base class's (argmax and marginals of θ + G with
+    noise on every transition), not this pair: straight-through on the
+    Gumbel-CRF is ``GumbelCRF(straight_through=True)``, an estimator's choice.
+
+    Models build chains with `from_scores` (unary, transition and start
+    scores, one layout).
 
     Args:
         log_potentials: θ, ``(*batch, N-1, C, C)``, θ[n, c', c] = φ(n, y_{n+1}=c',
@@ -315,12 +378,84 @@ class LinearChainCRF(ChartStructure):
 
     event_dim = 3
 
+    @classmethod
+    def from_scores(
+        cls,
+        unary: Tensor,
+        transition: Tensor,
+        start: Tensor | None = None,
+        lengths: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> LinearChainCRF:
+        r"""The chain over label sequences y_0, …, y_{L-1} with the score
+
+            s(y) = start[y_0] + Σ_{n<L} unary[n, y_n] + Σ_{n<L-1} transition[n, y_{n+1}, y_n].
+
+        The one layout in which the zoo builds chains (torch-struct's
+        ``LinearChain.hmm`` folds the first unary into θ[0] and so cannot hold a
+        one-label chain): L labels become L + 1 positions, the last a virtual
+        end that must take label 0 at score 0, so
+
+            θ[n, c', c] = transition[n, c', c] + unary[n+1, c']   (n < L - 1),
+            θ[L-1, c', c] = 0 if c' = 0 else -inf                  (the end),
+            θ[0, c', c] += start[c] + unary[0, c],
+
+        and transitions n ≥ L are padding. The labels of a z (a sample, the
+        MAP, or the marginals μ) are ``z.sum(-2)``, ``(…, N, C)``: one-hot (or
+        the label marginals) at n < L, 0 at padding.
+
+        Args:
+            unary: ``(*batch, N, C)``, unary[n, c] the score of label c at position n.
+            transition: transition[c', c] the score of label c' following c:
+                ``(C, C)`` shared, ``(*batch, C, C)`` one per chain, or
+                ``(*batch, N-1, C, C)`` one per step n → n + 1.
+            start: ``(C,)`` or ``(*batch, C)``, the score of the first label;
+                None: 0.
+            lengths: ``(*batch)`` labels per chain, in [1, N]; None: all N.
+            validate_args: check the scores for NaN and the lengths for range.
+
+        Returns:
+            A `LinearChainCRF` of θ ``(*batch, N, C, C)`` and lengths ``lengths + 1``.
+
+        Raises:
+            ValueError: scores of mismatched shapes, lengths of another batch
+                shape or out of [1, N]; each message names the shapes or values.
+
+        Example:
+            >>> q = LinearChainCRF.from_scores(torch.zeros(2, 3, 4), torch.zeros(4, 4),
+            ...                                lengths=torch.tensor([3, 1]))
+            >>> q.log_partition().exp().round()  # 4^3 and 4 label sequences
+            tensor([64.,  4.])
+        """
+        _check_scores(unary, transition, start, lengths, validate_args)
+        *batch, size, labels = unary.shape
+        steps = torch.arange(size, device=unary.device)
+        last = size - 1 if lengths is None else (lengths - 1).unsqueeze(-1)  # (*batch, 1)
+        if transition.dim() == unary.dim() + 1:  # one per step: (*batch, N-1, C, C)
+            step = torch.nn.functional.pad(transition, (0, 0, 0, 0, 0, 1))
+        else:
+            step = transition.unsqueeze(-3)
+        start = unary.new_zeros(labels) if start is None else start
+        # Three full-size (*batch, N, C, C) operations; everything else is (*batch, N, C).
+        following = torch.nn.functional.pad(unary[..., 1:, :], (0, 0, 0, 1))  # unary[n + 1]
+        first = torch.nn.functional.pad(
+            (unary[..., 0, :] + start).unsqueeze(-2), (0, 0, 0, size - 1)
+        )  # (*batch, N, C): nonzero at n = 0
+        end = torch.full((labels, 1), -math.inf, dtype=unary.dtype, device=unary.device)
+        end[0] = 0.0
+        tail = torch.where((steps == last)[..., None, None], end, 0.0)  # (*batch, N, C, 1)
+        inner = step + following.unsqueeze(-1)  # (*batch, N, C', C)
+        theta = torch.where((steps < last)[..., None, None], inner, tail)
+        theta = theta + first.unsqueeze(-2)
+        positions = None if lengths is None else lengths + 1
+        return cls(theta, lengths=positions, validate_args=validate_args)
+
     # ------------------------------------------------------------------ set-up
     @classmethod
-    def _event_layout(cls) -> str:
+    def event_layout(cls) -> str:
         return "(*batch, N-1, C, C)"
 
-    def _check_event_shape(self, event_shape: torch.Size) -> None:
+    def check_event_shape(self, event_shape: torch.Size) -> None:
         _, size, size2 = event_shape
         if size != size2 or size < 1:
             raise ValueError(
@@ -341,7 +476,7 @@ class LinearChainCRF(ChartStructure):
 
     def _setup(self) -> tuple[Tensor, Tensor | None, Tensor]:
         """Flat θ ``(B, M, C, C)``, the padding mask ``(B, M)`` and ``(B,)`` True at L = 1."""
-        theta, lengths = self._flat()
+        theta, lengths = self.flatten_batch()
         num = theta.shape[1]
         if lengths is None:
             single = torch.full((theta.shape[0],), num == 0, device=theta.device)
@@ -387,7 +522,7 @@ class LinearChainCRF(ChartStructure):
     def _log_partition_from(self, alpha: Tensor, single: Tensor) -> Tensor:
         last, empty = _safe_last(alpha, single)
         log_z = torch.where(empty, -math.inf, torch.logsumexp(last, dim=-1))
-        return self._unflat(torch.where(single, 0.0, log_z))
+        return self.unflatten_batch(torch.where(single, 0.0, log_z))
 
     def log_partition(self) -> Tensor:
         """A(θ) ``(*batch)``: 0 at L = 1, -inf where every path uses a forbidden transition."""
@@ -427,18 +562,18 @@ class LinearChainCRF(ChartStructure):
         if theta.shape[1] == 0:
             return torch.zeros_like(self.log_potentials)
         if self._memo is not None:
-            return self._unflat(self._shared_pass()[0])
-        return self._unflat(self._forward_backward(theta, pad, single, keep=False)[0])
+            return self.unflatten_batch(self._shared_pass()[0])
+        return self.unflatten_batch(self._forward_backward(theta, pad, single, keep=False)[0])
 
     def entropy(self) -> Tensor:
         """H(q) = H(y_{L-1}) + Σ_n H(y_n | y_{n+1}), ``(*batch)``; 0 at L = 1."""
         theta, pad, single = self._setup()
         if theta.shape[1] == 0:
-            return self._unflat(theta.new_zeros(theta.shape[0]) + theta.sum((1, 2, 3)))
+            return self.unflatten_batch(theta.new_zeros(theta.shape[0]) + theta.sum((1, 2, 3)))
         if self._memo is not None:
-            return self._unflat(self._entropy_from(*self._shared_pass()))
+            return self.unflatten_batch(self._entropy_from(*self._shared_pass()))
         mu, log_w, log_last = self._forward_backward(theta, pad, single, keep=True)
-        return self._unflat(self._entropy_from(mu, log_w, log_last, single))
+        return self.unflatten_batch(self._entropy_from(mu, log_w, log_last, single))
 
     @staticmethod
     def _entropy_from(mu: Tensor, log_w: Tensor, log_last: Tensor, single: Tensor) -> Tensor:
@@ -488,7 +623,7 @@ class LinearChainCRF(ChartStructure):
             state = prev if pad is None else torch.where(pad[:, n], state, prev)
             states.append(state)
         path = torch.stack(states[::-1], dim=1)  # (B, N)
-        return self._unflat(_indicators(path, pad, size, theta.dtype))
+        return self.unflatten_batch(_indicators(path, pad, size, theta.dtype))
 
     # -------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -613,27 +748,9 @@ class LinearChainCRF(ChartStructure):
             relaxed = relaxed.masked_fill(full_pad[..., None, None], 0.0)
         return hard.to(dtype), relaxed.reshape(out_shape).to(dtype)
 
-    def rsample_with_hard(
-        self,
-        sample_shape: int | Sequence[int] | torch.Size = (),
-        temperature: float | Tensor = 1.0,
-    ) -> tuple[Tensor, Tensor]:
-        """The Gumbel-CRF pair (`gumbel_crf`): an exact FFBS sample and its relaxed path.
-
-        Unlike the base class, ``hard`` is not argmax(θ + G) for Gumbel noise
-        on the transitions but the FFBS path drawn with per-position noise, and
-        ``soft`` is its relaxed FFBS path, not marginals((θ + G)/τ); both are
-        what straight-through Gumbel wants: an exact sample forward, a
-        gradient through a relaxation of that very sample.
-
-        Returns:
-            ``(hard, soft)``, each ``(*sample, *batch, N-1, C, C)``.
-        """
-        return self.gumbel_crf(sample_shape, temperature)
-
     def enumerate_support(self, expand: bool = True) -> Tensor:
         """Every label sequence as indicators, ``(C^L, *batch, N-1, C, C)`` (one z at L = 1)."""
-        length = self._equal_lengths() or self.max_length
+        length = self.support_length()
         size, num = self.num_states, self.max_length - 1
         theta = self.log_potentials
         if length == 1:
@@ -648,5 +765,4 @@ class LinearChainCRF(ChartStructure):
         if length < num + 1:
             pad = _pad_mask(torch.full((path.shape[0],), length, device=theta.device), num)
         z = _indicators(path, pad, size, theta.dtype)
-        z = z.reshape(z.shape[0], *([1] * len(self.batch_shape)), *self.event_shape)
-        return z.expand(z.shape[0], *self.batch_shape, *self.event_shape) if expand else z
+        return self.broadcast_support(z, expand)

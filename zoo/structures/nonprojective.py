@@ -505,9 +505,9 @@ class NonProjectiveDependencyCRF(DependencyStructure):
 
     def log_partition(self) -> Tensor:
         """A(θ) ``(*batch)``; -inf where no arborescence avoids every forbidden arc."""
-        theta, lengths = self._flat()
+        theta, lengths = self.flatten_batch()
         valid = None if lengths is None else self._valid(lengths, theta.shape[0], theta.device)
-        return self._unflat(_MatrixTree.apply(theta, valid, self.multiroot))
+        return self.unflatten_batch(_MatrixTree.apply(theta, valid, self.multiroot))
 
     def _check_support(self, empty: Tensor, what: str) -> None:
         if bool(empty.any()):
@@ -518,12 +518,12 @@ class NonProjectiveDependencyCRF(DependencyStructure):
             )
 
     def marginals(self) -> Tensor:
-        theta, lengths = self._flat()
+        theta, lengths = self.flatten_batch()
         valid = None if lengths is None else self._valid(lengths, theta.shape[0], theta.device)
-        return self._unflat(_Marginals.apply(theta, valid, self.multiroot))
+        return self.unflatten_batch(_Marginals.apply(theta, valid, self.multiroot))
 
     def argmax(self) -> Tensor:
-        theta, lengths = self._flat()
+        theta, lengths = self.flatten_batch()
         theta = theta.detach().to(torch.float64)
         batch, n, _ = theta.shape
         valid = self._valid(lengths, batch, theta.device)
@@ -551,7 +551,7 @@ class NonProjectiveDependencyCRF(DependencyStructure):
         # The best tree uses a forbidden arc only if every tree does.
         used = torch.where(z != 0, scores, 0.0).sum((-2, -1))
         self._check_support(used == -torch.inf, "argmax")
-        return self._unflat(z)
+        return self.unflatten_batch(z)
 
     def _heads_to_arcs(self, heads: Tensor, word: Tensor) -> Tensor:
         """Head indices ``(B, N)`` (-1 = ROOT) → arc indicators ``(B, N, N)`` in θ's dtype."""
@@ -566,7 +566,7 @@ class NonProjectiveDependencyCRF(DependencyStructure):
         num = shape.numel()
         if num == 0 or math.prod(self.batch_shape) == 0:
             return self.log_potentials.new_zeros(shape + self.batch_shape + self.event_shape)
-        theta, lengths = self._flat()
+        theta, lengths = self.flatten_batch()
         theta = theta.detach().to(torch.float64)
         valid = self._valid(lengths, theta.shape[0], theta.device)
         theta = theta.expand(num, *theta.shape).reshape(-1, *theta.shape[1:])  # (S·B, N, N)

@@ -86,7 +86,7 @@ class TorchStructAdapter(Structure):
             With ``copies`` > 1 the distribution's batch is ``copies`` stacked
             copies of the group (copy-major).
         """
-        theta, lengths = self._flat()
+        theta, lengths = self.flatten_batch()
         theta = clamp_forbidden(theta.to(work_dtype(theta.dtype)), self.chart_size)
         if lengths is None:
             lengths = torch.full((theta.shape[0],), self.max_length, device=theta.device)
@@ -123,7 +123,7 @@ class TorchStructAdapter(Structure):
         if math.prod(self.batch_shape) == 0 or self.max_length == 1:
             # No parts at all (N = 1) or no elements: A = 0, connected to θ for autograd.
             return 0.0 * self.log_potentials.sum(tuple(range(-self.event_dim, 0)))
-        theta, _ = self._flat()
+        theta, _ = self.flatten_batch()
         # Zeros connected to θ: length-1 elements (A = 0) keep a (zero) gradient.
         value = 0.0 * theta.sum(tuple(range(1, theta.dim()))).to(work_dtype(theta.dtype))
         for index, dist, single, _ in self._groups():
@@ -133,7 +133,7 @@ class TorchStructAdapter(Structure):
                 value = value.index_put((index,), part)
         empty = is_empty_support(value, self.chart_size) | (value < _TORCH_STRUCT_ZERO / 2)
         value = torch.where(empty, -math.inf, value)
-        return self._unflat(value.to(self.log_potentials.dtype))
+        return self.unflatten_batch(value.to(self.log_potentials.dtype))
 
     def _check_support(self, what: str) -> None:
         empty = self.log_partition().detach() == -math.inf
@@ -149,13 +149,13 @@ class TorchStructAdapter(Structure):
         if math.prod(self.batch_shape) == 0 or self.max_length == 1:
             return torch.zeros_like(self.log_potentials)
         self._check_support("argmax")
-        theta, _ = self._flat()
+        theta, _ = self.flatten_batch()
         out = torch.zeros_like(theta)
         for index, dist, single, steps in self._groups():
             with torch.enable_grad(), torch.inference_mode(False):
                 z = dist.argmax.detach()
             out = self._place(out, index, z, single, steps)
-        return self._unflat(out)
+        return self.unflatten_batch(out)
 
     @torch.no_grad()
     def sample(self, sample_shape: int | Sequence[int] | torch.Size = ()) -> Tensor:
@@ -164,7 +164,7 @@ class TorchStructAdapter(Structure):
         if count == 0 or math.prod(self.batch_shape) == 0 or self.max_length == 1:
             return self.log_potentials.new_zeros(shape + self.batch_shape + self.event_shape)
         self._check_support("sample")
-        theta, _ = self._flat()
+        theta, _ = self.flatten_batch()
         out = theta.new_zeros(count, *theta.shape)
         # torch-struct draws 10 samples per pass and loops in Python over the
         # samples: draw 10 from each of ⌈S / 10⌉ stacked copies in one pass.
@@ -212,10 +212,10 @@ class SemiMarkovCRF(TorchStructAdapter):
         return torch_struct.SemiMarkovCRF
 
     @classmethod
-    def _event_layout(cls) -> str:
+    def event_layout(cls) -> str:
         return "(*batch, N-1, K, C, C)"
 
-    def _check_event_shape(self, event_shape: torch.Size) -> None:
+    def check_event_shape(self, event_shape: torch.Size) -> None:
         _, k, c, c2 = event_shape
         if c != c2 or c < 1 or k < 2:
             raise ValueError(
@@ -229,7 +229,7 @@ class SemiMarkovCRF(TorchStructAdapter):
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         """Every labelled segmentation, ``(|Z|, *batch, N-1, K, C, C)``."""
-        length = self._equal_lengths() or self.max_length
+        length = self.support_length()
         _, k_max, c, _ = self.event_shape
         rows = [[]] if length == 1 else []  # length 1: no parts, one z (the zero tensor)
         for gaps in _compositions(length - 1, k_max - 1) if length > 1 else []:
@@ -245,8 +245,7 @@ class SemiMarkovCRF(TorchStructAdapter):
         for i, parts in enumerate(rows):
             for part in parts:
                 z[(i, *part)] = 1.0
-        z = z.reshape(len(rows), *[1] * len(self.batch_shape), *self.event_shape)
-        return z.expand(len(rows), *self.batch_shape, *self.event_shape) if expand else z
+        return self.broadcast_support(z, expand)
 
 
 def _compositions(total: int, largest: int) -> list[tuple[int, ...]]:

@@ -126,10 +126,10 @@ class TreeCRF(ChartStructure):
     event_dim = 3
 
     @classmethod
-    def _event_layout(cls) -> str:
+    def event_layout(cls) -> str:
         return "(*batch, N, N, L)"
 
-    def _check_event_shape(self, event_shape: torch.Size) -> None:
+    def check_event_shape(self, event_shape: torch.Size) -> None:
         n, n2, labels = event_shape
         if n != n2 or n < 1 or labels < 1:
             raise ValueError(
@@ -162,7 +162,7 @@ class TreeCRF(ChartStructure):
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         n_words, labels = self.max_length, self.log_potentials.shape[-1]
-        length = self._equal_lengths() or n_words
+        length = self.support_length()
         trees = _bracketings(length)
         rows = []
         for spans in trees:
@@ -172,5 +172,4 @@ class TreeCRF(ChartStructure):
         z = self.log_potentials.new_zeros(len(rows), n_words, n_words, labels)
         tree = torch.arange(len(rows), device=index.device)[:, None].expand(index.shape[:2])
         z[tree, index[..., 0], index[..., 1], index[..., 2]] = 1.0
-        z = z.reshape(z.shape[0], *([1] * len(self.batch_shape)), *self.event_shape)
-        return z.expand(z.shape[0], *self.batch_shape, *self.event_shape) if expand else z
+        return self.broadcast_support(z, expand)
