@@ -21,7 +21,7 @@ p(z) is a sum over chain parts, log p(z) = ⟨z, φ_prior⟩, so KL = −H(q) �
 emissions −log p(x | z) is linear in z too, so `MarginalExpectation`
 (E_q[f(z)] = f(μ_q)) gives the exact ELBO and its exact gradient: the
 reference for every estimator on real data. log p(x) is exact by the forward
-algorithm with HMM emissions (`MarginalLikelihoodHMM` trains on it directly,
+algorithm with HMM emissions (``encoder: HMMPosterior`` trains on it directly,
 the classical baseline), importance-sampled otherwise.
 
 **Chains with an end.** The chain layout (B, N-1, C, C) folds unary scores
@@ -43,16 +43,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
+from zoo.config import Configurable, from_config
 from zoo.estimators import Estimate, Estimator
 from zoo.metrics.clustering import (
     ContingencyMetric,
@@ -61,7 +61,7 @@ from zoo.metrics.clustering import (
     VMeasure,
     many_to_one,
 )
-from zoo.models.base import LatentVariableModel
+from zoo.models.base import LatentVariableModel, Step
 from zoo.structures import LinearChainCRF, Structure
 
 __all__ = [
@@ -71,7 +71,10 @@ __all__ = [
     "LSTMDecoder",
     "LSTMTagger",
     "MarginalExpectation",
-    "MarginalLikelihoodHMM",
+    "BiLSTMEncoder",
+    "ChainEncoder",
+    "ConvEncoder",
+    "HMMPosterior",
     "NeuralHMMTagger",
     "WORD_FEATURES",
     "WordEmbedding",
@@ -300,21 +303,48 @@ class LSTMDecoder(nn.Module):
         return torch.where(mask, logp.squeeze(-1), 0.0).sum(-1)
 
 
-class BiLSTMEncoder(nn.Module):
-    """Posterior potentials: unary scores ``(B, N, C)`` from a BiLSTM, and tag-pair scores ``(C, C)``.
+class ChainEncoder(Configurable, nn.Module):
+    """q(z | x)'s network: words ``(B, N)`` → chain potentials ``(B, N + 1, C, C)`` (`chain_potentials`).
+
+    The tagger's injected part, chosen in YAML (``model.encoder``). An encoder
+    is built with its own widths only; the tagger then calls ``bind(num_tags,
+    vocab_size)`` with the sizes the data decides, where the encoder creates its
+    layers. A new encoder subclasses this, writes ``bind`` and ``forward``
+    (``unary (B, N, C)``, a transition and a start through `chain_potentials`),
+    and is named by its class path in a config.
+    """
+
+    def bind(self, num_tags: int, vocab_size: int) -> None:
+        """Create the layers whose sizes the data decides: C tags, V words."""
+        raise NotImplementedError(f"{type(self).__name__} must implement bind(num_tags, vocab_size)")
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Chain potentials of q(z | x) for words ``x`` ``(B, N)`` of ``lengths`` ``(B,)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(x, lengths)")
+
+
+class BiLSTMEncoder(ChainEncoder):
+    """A BiLSTM-CRF: unary scores ``(B, N, C)`` from a BiLSTM over word embeddings, and learned
+    tag-pair ``(C, C)`` and start ``(C,)`` scores (Tran et al. 2016's and Fu et al. 2020's q).
 
     Args:
-        num_tags: C.
-        vocab_size: V.
-        dim: width of the word embeddings.
+        embedding_dim: width of the word embeddings.
         hidden_size: width of each LSTM direction.
     """
 
-    def __init__(self, num_tags: int, vocab_size: int, dim: int, hidden_size: int) -> None:
+    def __init__(self, embedding_dim: int = 128, hidden_size: int = 128) -> None:
         super().__init__()
+        for name, value in (("embedding_dim", embedding_dim), ("hidden_size", hidden_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BiLSTMEncoder: {name} must be an integer ≥ 1, got {value!r}")
+        self.embedding_dim = embedding_dim
+        self.hidden_size = hidden_size
+
+    def bind(self, num_tags: int, vocab_size: int) -> None:
+        dim, hidden = self.embedding_dim, self.hidden_size
         self.words = nn.Embedding(vocab_size, dim, padding_idx=0)
-        self.lstm = nn.LSTM(dim, hidden_size, batch_first=True, bidirectional=True)
-        self.out = nn.Linear(2 * hidden_size, num_tags)
+        self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, num_tags)
         self.transition = nn.Parameter(torch.zeros(num_tags, num_tags))
         self.start = nn.Parameter(torch.zeros(num_tags))
 
@@ -327,6 +357,61 @@ class BiLSTMEncoder(nn.Module):
         return chain_potentials(self.out(h), self.transition, self.start, lengths)
 
 
+class ConvEncoder(ChainEncoder):
+    """A CNN-CRF: unary scores from ``num_layers`` 1-D convolutions over word embeddings (each
+    word sees ``num_layers · (kernel_size − 1)`` neighbours), and learned tag-pair and start scores.
+
+    Faster than the BiLSTM on a CPU (no recurrence); a narrower context.
+
+    Args:
+        embedding_dim: width of the word embeddings and of the convolutions.
+        kernel_size: words per convolution window (odd).
+        num_layers: convolutions, each followed by a ReLU.
+    """
+
+    def __init__(self, embedding_dim: int = 128, kernel_size: int = 3, num_layers: int = 2) -> None:
+        super().__init__()
+        for name, value, odd in (("embedding_dim", embedding_dim, False),
+                                 ("kernel_size", kernel_size, True), ("num_layers", num_layers, False)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (odd and value % 2 == 0):
+                kind = "an odd integer ≥ 1" if odd else "an integer ≥ 1"
+                raise ValueError(f"ConvEncoder: {name} must be {kind}, got {value!r}")
+        self.embedding_dim, self.kernel_size, self.num_layers = embedding_dim, kernel_size, num_layers
+
+    def bind(self, num_tags: int, vocab_size: int) -> None:
+        dim = self.embedding_dim
+        self.words = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(dim, dim, self.kernel_size, padding=self.kernel_size // 2)
+            for _ in range(self.num_layers)
+        )
+        self.out = nn.Linear(dim, num_tags)
+        self.transition = nn.Parameter(torch.zeros(num_tags, num_tags))
+        self.start = nn.Parameter(torch.zeros(num_tags))
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        real = (x != 0).unsqueeze(1).to(self.out.weight.dtype)  # (B, 1, N): padding stays 0
+        h = self.words(x).transpose(1, 2)  # (B, dim, N)
+        for conv in self.convs:
+            h = torch.relu(conv(h * real))
+        return chain_potentials(self.out(h.transpose(1, 2)), self.transition, self.start, lengths)
+
+
+class HMMPosterior(ChainEncoder):
+    """No network: q(z | x) is the HMM's own posterior p(z | x) (`NeuralHMMTagger` only).
+
+    The ELBO is then tight: the loss is −log p(x) by the forward algorithm and
+    its gradient the expected complete-data gradient of EM (Baum-Welch;
+    Salakhutdinov et al. 2003), the classical baseline. The estimator is unused.
+    """
+
+    def bind(self, num_tags: int, vocab_size: int) -> None:
+        pass
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        raise TypeError("HMMPosterior has no network: its tagger builds q from the HMM itself")
+
+
 # ----------------------------------------------------------------------------- models
 class ChainTagger(LatentVariableModel):
     """The family's shared part: p(z), q(z | x), the ELBO's terms, metrics, pictures, predict.
@@ -335,6 +420,8 @@ class ChainTagger(LatentVariableModel):
 
     Args:
         estimator: the gradient estimator of E_q[−log p(x | z)].
+        encoder: q(z | x)'s network, a `ChainEncoder` (``BiLSTMEncoder``, ``ConvEncoder``, or
+            its config); None: ``BiLSTMEncoder(embedding_dim, hidden_size)``.
         num_tags: C, the clusters to induce (45 against PTB-style XPOS, 17 against UPOS).
         input_dim: V, the vocabulary size (linked from the data).
         embedding_dim: width of the word and tag embeddings.
@@ -342,7 +429,6 @@ class ChainTagger(LatentVariableModel):
         gold_tags: the gold taggings in the batches to score against (``upos``, ``xpos``; ``states``
             on synthetic data); missing ones are an error at evaluation.
         max_gold_tags: an upper bound on the ids of any gold tagging (unused ids change no score).
-        num_logged_sentences: dev sentences whose tags are logged as text each validation.
         lr: learning rate of Adam.
         num_importance_samples: m of the importance-sampled ``test/nll`` where log p(x) is not exact.
         val_importance_samples: the same for ``val/nll``.
@@ -360,13 +446,13 @@ class ChainTagger(LatentVariableModel):
     def __init__(
         self,
         estimator: Estimator,
+        encoder: ChainEncoder | None = None,
         num_tags: int = 45,
         input_dim: int = 10000,
         embedding_dim: int = 128,
         hidden_size: int = 128,
         gold_tags: Sequence[str] = ("upos", "xpos"),
         max_gold_tags: int = 64,
-        num_logged_sentences: int = 4,
         lr: float = 1e-3,
         num_importance_samples: int = 0,
         val_importance_samples: int = 0,
@@ -391,8 +477,21 @@ class ChainTagger(LatentVariableModel):
         self.num_tags = num_tags
         self.input_dim = input_dim
         self.gold_tags = tuple(gold_tags)
-        self.num_logged_sentences = num_logged_sentences
-        self.encoder = BiLSTMEncoder(num_tags, input_dim, embedding_dim, hidden_size)
+        if encoder is None:
+            encoder = BiLSTMEncoder(embedding_dim, hidden_size)
+        encoder = from_config(encoder, ChainEncoder) if isinstance(encoder, Mapping) else encoder
+        if not isinstance(encoder, ChainEncoder):
+            raise TypeError(
+                f"encoder must be a ChainEncoder (BiLSTMEncoder, ConvEncoder, ...) or its config, "
+                f"got {type(encoder).__name__}"
+            )
+        if isinstance(encoder, HMMPosterior) and not self.exact_likelihood:
+            raise ValueError(
+                f"HMMPosterior makes q the HMM's own posterior; {type(self).__name__} has no "
+                "exact posterior (its decoder is not an HMM's). Use NeuralHMMTagger."
+            )
+        encoder.bind(num_tags, input_dim)
+        self.encoder = encoder
         # The prior p(z): start and transition logits (Tran et al. read them from tag embeddings).
         self.prior_tags = nn.Parameter(torch.randn(num_tags, embedding_dim) * 0.1)
         self.prior_mlp = nn.Sequential(
@@ -409,7 +508,6 @@ class ChainTagger(LatentVariableModel):
                             "o1": OneToOneAccuracy(num_tags, max_gold_tags),
                             "vm": VMeasure(num_tags, max_gold_tags),
                         },
-                        prefix=f"{stage}/",
                         postfix=f"_{gold}",
                     )
                     for gold in self.gold_tags
@@ -421,8 +519,6 @@ class ChainTagger(LatentVariableModel):
             {g: ContingencyMetric(num_tags, max_gold_tags) for g in self.gold_tags}
         )
         self.token_nll = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
-        self._logged_text: list[str] = []
-        self._val_batch = -1
 
     # ------------------------------------------------------------------ the model
     def prior_parameters(self) -> tuple[Tensor, Tensor]:
@@ -505,14 +601,19 @@ class ChainTagger(LatentVariableModel):
         loss = estimate.objective + kl
         return loss if self._auxiliary is None else loss + self._auxiliary
 
-    def _step(self, batch: Batch, stage: str) -> Tensor:
+    def step(self, batch: Batch, stage: str) -> Step:
+        """The −ELBO (plus a recipe's terms in training) and its parts; in evaluation the
+        likelihood and the induced tags, scored against every gold tagging.
+
+        Outputs (for callbacks): ``tags`` ``(B, N)``, the Viterbi tags (−1 at padding).
+        """
         self._auxiliary, self._recipe_logs = None, None
         q, estimate, kl = self.terms(batch)
         elbo = estimate.objective + kl
         loss = (elbo if self._auxiliary is None else elbo + self._auxiliary).mean()
-        if stage == "train" and not self._logs_this_step():
-            return loss
         batch_size = int(batch["lengths"].shape[0])
+        if not self.logs_this_step(stage):
+            return Step(loss, batch_size=batch_size)
         metrics = {
             self.objective_name: elbo.detach().mean(),
             self.cost_name: estimate.cost.mean(),
@@ -527,31 +628,14 @@ class ChainTagger(LatentVariableModel):
         if stage == "train":
             metrics["loss"] = loss.detach()
             metrics.update(estimate.stats)
-        else:
-            samples = self.val_importance_samples if stage == "val" else self.num_importance_samples
-            if self.exact_likelihood or samples > 0:
-                nll = -self.log_likelihood(q, batch, samples)
-                metrics["nll"] = nll.mean()
-                metrics["elbo_gap"] = (estimate.cost + kl.detach() - nll).mean()
-                tokens = batch["lengths"].to(nll.dtype)
-                self.token_nll[stage].update(nll / tokens, tokens)
-            self._score(batch, stage)
-        on_step = stage == "train"
-        for name, value in metrics.items():
-            self.log(
-                f"{stage}/{name}",
-                value,
-                prog_bar=name == self.objective_name,
-                on_step=on_step,
-                on_epoch=not on_step,
-                batch_size=batch_size,
-            )
-        return loss
-
-    exact_likelihood = False
-    """Whether log p(x) is exact (so ``nll`` is logged without importance samples)."""
-
-    def _score(self, batch: Batch, stage: str) -> None:
+            return Step(loss, metrics, batch_size)
+        samples = self.val_importance_samples if stage == "val" else self.num_importance_samples
+        if self.exact_likelihood or samples > 0:
+            nll = -self.log_likelihood(q, batch, samples)
+            metrics["nll"] = nll.mean()
+            metrics["elbo_gap"] = (estimate.cost + kl.detach() - nll).mean()
+            tokens = batch["lengths"].to(nll.dtype)
+            self.token_nll[stage].update(nll / tokens, tokens)
         predicted = self.tags(batch)
         for gold in self.gold_tags:
             if gold not in batch:
@@ -563,68 +647,50 @@ class ChainTagger(LatentVariableModel):
             self.scores[stage][gold].update(predicted, batch[gold])
             if stage == "val":
                 self.confusion[gold].update(predicted, batch[gold])
-            self.log_dict(
-                self.scores[stage][gold],
-                on_step=False,
-                on_epoch=True,
-                batch_size=predicted.shape[0],
-            )
-        if stage == "val" and self._is_logged_batch() and "words" in batch:
-            self._logged_text = self._tag_text(batch, predicted)
+        return Step(loss, metrics, batch_size, outputs={"tags": predicted})
 
-    def _is_logged_batch(self) -> bool:
-        # The middle dev batch: the loader sorts by length, so it holds typical sentences.
-        batches = self.trainer.num_val_batches
-        count = batches[0] if isinstance(batches, list) else batches
-        return self._val_batch == int(count) // 2
+    exact_likelihood = False
+    """Whether log p(x) is exact (so ``nll`` is logged without importance samples)."""
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        self._val_batch = batch_idx
-        return self._step(batch, "val")
-
-    def _tag_text(self, batch: Batch, predicted: Tensor) -> list[str]:
-        names = getattr(self.trainer.datamodule, "tag_names", {}) if self.trainer else {}
-        lines = []
-        for i, words in enumerate(batch["words"][: self.num_logged_sentences]):
-            cells = []
-            for n, word in enumerate(words):
-                gold = ""
-                for g in self.gold_tags:
-                    tag = int(batch[g][i, n])
-                    gold += f"/{names[g][tag] if g in names else tag}"
-                cells.append(f"{word}/**{int(predicted[i, n])}**{gold}")
-            lines.append(" ".join(cells))
-        return lines
-
-    def _end_of_evaluation(self, stage: str) -> None:
+    def epoch_metrics(self, stage: str) -> dict[str, Tensor]:
+        """Many-to-one, one-to-one and V-measure against each gold tagging (``m1_xpos``, ...),
+        and the per-word likelihood (``nll_token``, ``ppl``) of the epoch."""
+        values: dict[str, Tensor] = {}
+        for gold in self.gold_tags:
+            scores = self.scores[stage][gold]
+            if any(metric.update_called for metric in scores.values()):
+                values.update(scores.compute())
+            scores.reset()
+            if stage == "val":
+                self.confusion[gold].reset()
         metric = self.token_nll[stage]
         if metric.update_called:
             value = metric.compute()
-            self.log(f"{stage}/nll_token", value)
-            self.log(f"{stage}/ppl", value.exp())
+            values["nll_token"], values["ppl"] = value, value.exp()
         metric.reset()
+        return values
 
-    def on_validation_epoch_end(self) -> None:
-        self._end_of_evaluation("val")
-        experiments = [
-            logger.experiment for logger in self.loggers if isinstance(logger, TensorBoardLogger)
-        ]
-        if self.global_rank == 0 and experiments and not self.trainer.sanity_checking:
-            for gold in self.gold_tags:
-                confusion = self.confusion[gold].compute().cpu()
-                figure = confusion_figure(confusion, gold, self._names(gold))
-                for experiment in experiments:
-                    experiment.add_figure(f"val/confusion_{gold}", figure, self.global_step)
-            if self._logged_text:
-                for experiment in experiments:
-                    experiment.add_text(
-                        "val/tags", "\n\n".join(self._logged_text), self.global_step
-                    )
+    def figures(self, batch: Batch, outputs: dict[str, Any], count: int) -> dict[str, Any]:
+        """``confusion_{gold}``: the epoch's confusion of induced and gold tags (a figure);
+        ``tags``: ``count`` sentences of the batch tagged ``word/**induced**/gold`` (text)."""
+        figures: dict[str, Any] = {}
         for gold in self.gold_tags:
-            self.confusion[gold].reset()
-
-    def on_test_epoch_end(self) -> None:
-        self._end_of_evaluation("test")
+            confusion = self.confusion[gold].compute().cpu()
+            figures[f"confusion_{gold}"] = confusion_figure(confusion, gold, self._names(gold))
+        if "words" in batch and "tags" in outputs:
+            names = getattr(self.trainer.datamodule, "tag_names", {}) if self.trainer else {}
+            lines = []
+            for i, words in enumerate(batch["words"][:count]):
+                cells = []
+                for n, word in enumerate(words):
+                    gold = ""
+                    for g in self.gold_tags:
+                        tag = int(batch[g][i, n])
+                        gold += f"/{names[g][tag] if g in names else tag}"
+                    cells.append(f"{word}/**{int(outputs['tags'][i, n])}**{gold}")
+                lines.append(" ".join(cells))
+            figures["tags"] = "\n\n".join(lines)
+        return figures
 
     def _names(self, gold: str) -> list[str] | None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -691,6 +757,9 @@ class NeuralHMMTagger(ChainTagger):
 
     Args:
         estimator: the gradient estimator of E_q[−log p(x | z)] (`MarginalExpectation`: exact).
+        encoder: q(z | x)'s network (a `ChainEncoder`; None: a BiLSTM-CRF), or `HMMPosterior`:
+            q is the HMM's own posterior and the loss −log p(x), the classical baseline
+            (Baum-Welch's gradient), whatever the estimator.
         num_tags: C, the clusters to induce.
         input_dim: V, the vocabulary size (linked from the data).
         embedding_dim: width of the embeddings.
@@ -700,13 +769,12 @@ class NeuralHMMTagger(ChainTagger):
         max_word_length: characters per word for ``char_emission``.
         gold_tags: the gold taggings to score against.
         max_gold_tags: an upper bound on gold ids.
-        num_logged_sentences: dev sentences logged as text each validation.
         lr: learning rate of Adam.
         num_importance_samples: m of ``test/nll_iw`` (0: skip; ``test/nll`` is exact anyway).
         val_importance_samples: the same for ``val/nll_iw``.
         importance_chunk_size: samples drawn at once for it.
         warmup_steps: training steps of the warm-up stage (0: none): the HMM (emissions and
-            prior) trains on −log p(x), as `MarginalLikelihoodHMM`, and q on
+            prior) trains on −log p(x), as with `HMMPosterior`, and q on
             ``warmup_posterior``; the estimator is not used.
         warmup_posterior: what q learns in the warm-up: ``"distill"``, KL(p(z | x) ‖ q) toward
             the HMM's exact posterior (exact, no sampling); ``"frozen"``, nothing.
@@ -742,6 +810,7 @@ class NeuralHMMTagger(ChainTagger):
     def __init__(
         self,
         estimator: Estimator,
+        encoder: ChainEncoder | None = None,
         num_tags: int = 45,
         input_dim: int = 10000,
         embedding_dim: int = 128,
@@ -751,7 +820,6 @@ class NeuralHMMTagger(ChainTagger):
         max_word_length: int = 20,
         gold_tags: Sequence[str] = ("upos", "xpos"),
         max_gold_tags: int = 64,
-        num_logged_sentences: int = 4,
         lr: float = 1e-3,
         num_importance_samples: int = 0,
         val_importance_samples: int = 0,
@@ -764,13 +832,13 @@ class NeuralHMMTagger(ChainTagger):
     ) -> None:
         super().__init__(
             estimator,
+            encoder,
             num_tags=num_tags,
             input_dim=input_dim,
             embedding_dim=embedding_dim,
             hidden_size=hidden_size,
             gold_tags=gold_tags,
             max_gold_tags=max_gold_tags,
-            num_logged_sentences=num_logged_sentences,
             lr=lr,
             num_importance_samples=num_importance_samples,
             val_importance_samples=val_importance_samples,
@@ -829,8 +897,26 @@ class NeuralHMMTagger(ChainTagger):
             and self.posterior_kl_weight == 0
         )
 
+    def posterior(self, batch: Batch) -> LinearChainCRF:
+        """q(z | x): the encoder's chain, or with `HMMPosterior` the HMM's own p(z | x)."""
+        if isinstance(self.encoder, HMMPosterior):
+            return chain(self.joint_potentials(batch), batch["lengths"], cached=self.share_inference)
+        return super().posterior(batch)
+
     def terms(self, batch: Batch) -> tuple[Structure, Estimate, Tensor]:
-        """q, the estimate of E_q[−log p(x | z)] and KL(q ‖ p(z)); a recipe's terms in ``_auxiliary``."""
+        """q, the estimate of E_q[−log p(x | z)] and KL(q ‖ p(z)); a recipe's terms in ``_auxiliary``.
+
+        With `HMMPosterior` the loss is −log p(x) itself, split into its exact recon and KL
+        (the ELBO is tight at the exact posterior; the estimator is unused).
+        """
+        if isinstance(self.encoder, HMMPosterior):
+            q = self.posterior(batch)
+            nll = -q.log_partition()
+            with torch.no_grad():
+                mu = q.marginals()
+                recon = self.cost(mu.unsqueeze(0), batch)[0]
+            estimate = Estimate(z=mu.unsqueeze(0), cost=recon, surrogate=nll)
+            return q, estimate, (nll - recon).detach().clamp(min=0.0)
         if self._plain():
             return super().terms(batch)
         x, lengths, mask = batch["x"], batch["lengths"], self.mask(batch)
@@ -844,7 +930,7 @@ class NeuralHMMTagger(ChainTagger):
             q = chain(q.log_potentials.detach(), lengths, cached=True)
         logs = {"stage": torch.tensor(0.0 if warm else 1.0), "nll_train": -log_px.detach().mean()}
         distill = None
-        if warm or self.posterior_kl_weight > 0 or self._logs_this_step():
+        if warm or self.posterior_kl_weight > 0 or self.logs_this_step():
             with torch.no_grad():
                 mu_p = exact.marginals()  # p(z | x)'s marginals
                 entropy_p = log_px - _inner(mu_p, exact.log_potentials)
@@ -890,71 +976,6 @@ class NeuralHMMTagger(ChainTagger):
         return self.exact_posterior(batch).log_partition()
 
 
-class MarginalLikelihoodHMM(NeuralHMMTagger):
-    """The classical baseline: the neural HMM trained on log p(x) itself (no posterior network).
-
-    q(z | x) is the HMM's own posterior p(z | x), so the ELBO is tight: the
-    loss is −log p(x) by the forward algorithm and its gradient is the
-    expected complete-data gradient of EM (Baum-Welch; Salakhutdinov et al.
-    2003). ``recon`` and ``kl`` are reported; the estimator is unused.
-
-    Args: as `NeuralHMMTagger` (``estimator`` defaults to `MarginalExpectation`, unused).
-    """
-
-    def __init__(
-        self,
-        estimator: Estimator | None = None,
-        num_tags: int = 45,
-        input_dim: int = 10000,
-        embedding_dim: int = 128,
-        hidden_size: int = 128,
-        char_emission: bool = False,
-        num_chars: int = 512,
-        max_word_length: int = 20,
-        gold_tags: Sequence[str] = ("upos", "xpos"),
-        max_gold_tags: int = 64,
-        num_logged_sentences: int = 4,
-        lr: float = 1e-3,
-        num_importance_samples: int = 0,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
-        emission_features: int = 0,
-    ) -> None:
-        super().__init__(
-            MarginalExpectation() if estimator is None else estimator,
-            num_tags=num_tags,
-            input_dim=input_dim,
-            embedding_dim=embedding_dim,
-            hidden_size=hidden_size,
-            char_emission=char_emission,
-            num_chars=num_chars,
-            max_word_length=max_word_length,
-            gold_tags=gold_tags,
-            max_gold_tags=max_gold_tags,
-            num_logged_sentences=num_logged_sentences,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
-            emission_features=emission_features,
-        )
-        del self.encoder  # q is the HMM's posterior: no parameters of its own
-
-    def posterior(self, batch: Batch) -> LinearChainCRF:
-        return self.exact_posterior(batch)
-
-    def terms(self, batch: Batch) -> tuple[Structure, Estimate, Tensor]:
-        """−log p(x) as the loss; recon and KL (detached) as its exact split."""
-        q = chain(self.joint_potentials(batch), batch["lengths"], cached=self.share_inference)
-        nll = -q.log_partition()
-        with torch.no_grad():
-            mu = q.marginals()
-            recon = self.cost(mu.unsqueeze(0), batch)[0]
-        # recon + kl = −ELBO = −log p(x) at the exact posterior; kl by difference is exact too.
-        estimate = Estimate(z=mu.unsqueeze(0), cost=recon, surrogate=nll)
-        return q, estimate, (nll - recon).detach().clamp(min=0.0)
-
-
 class LSTMTagger(ChainTagger):
     """A Markov prior p(z), an LSTM decoder p(x | z) and a BiLSTM-CRF posterior (Fu et al. 2020).
 
@@ -969,7 +990,6 @@ class LSTMTagger(ChainTagger):
         hidden_size: width of the encoder's (each direction) and the decoder's LSTMs.
         gold_tags: the gold taggings to score against.
         max_gold_tags: an upper bound on gold ids.
-        num_logged_sentences: dev sentences logged as text each validation.
         lr: learning rate of Adam.
         num_importance_samples: m of ``test/nll``; 0 skips it.
         val_importance_samples: m of ``val/nll``; 0 skips it.
@@ -982,13 +1002,13 @@ class LSTMTagger(ChainTagger):
     def __init__(
         self,
         estimator: Estimator,
+        encoder: ChainEncoder | None = None,
         num_tags: int = 45,
         input_dim: int = 10000,
         embedding_dim: int = 128,
         hidden_size: int = 128,
         gold_tags: Sequence[str] = ("upos", "xpos"),
         max_gold_tags: int = 64,
-        num_logged_sentences: int = 4,
         lr: float = 1e-3,
         num_importance_samples: int = 100,
         val_importance_samples: int = 0,
@@ -996,13 +1016,13 @@ class LSTMTagger(ChainTagger):
     ) -> None:
         super().__init__(
             estimator,
+            encoder,
             num_tags=num_tags,
             input_dim=input_dim,
             embedding_dim=embedding_dim,
             hidden_size=hidden_size,
             gold_tags=gold_tags,
             max_gold_tags=max_gold_tags,
-            num_logged_sentences=num_logged_sentences,
             lr=lr,
             num_importance_samples=num_importance_samples,
             val_importance_samples=val_importance_samples,
