@@ -12,8 +12,8 @@ by Heun's method, which is exact when f is quadratic:
 
 The cost sees the exact sample D; the temperature τ only moves the point π₁
 (τ = 1, the paper's default for polynomial programming, gives the
-second-order-accurate estimator; the paper's VAEs use τ ≈ 1.3). The cost of
-one extra softmax Jacobian-vector product.
+second-order-accurate estimator; the paper's VAEs use τ ≈ 1.3). It costs
+one softmax Jacobian-vector product more than straight-through.
 
 **Any structure.** J(π) is the covariance of a one-hot with mean π, and the
 mixture ½ δ_D + ½ Cat(softmax(θ/τ)) is a categorical with mean π₁, so
