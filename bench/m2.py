@@ -6,8 +6,9 @@ the step time of sampling the class against marginalizing it.
 Adam at the config's lr, batches of 100 unlabelled + 100 labelled images,
 dynamically binarized MNIST with 100 labels, and the schedule
 τ = max(0.5, τ₀·exp(−3e-5 t)) every 2000 steps are what ``train.py fit``
-runs), with only these overrides: ``Trainer(max_time=--minutes)`` stops
-training (``max_epochs=-1``, so the budget alone decides), no validation
+runs), with only these overrides: ``Trainer(max_time=--minutes)`` and/or
+``max_steps=--steps`` stop training (``max_epochs=-1``, so the budget alone
+decides), no validation
 (``limit_val_batches=0``: the budget goes to training), no progress bar, logs
 under ``bench/results/logs/``, and ``--lr``/``--alpha`` where given. Then
 ``Trainer.test`` on the 10,000 test images: ``test/accuracy`` (argmax q(y | x))
@@ -15,7 +16,11 @@ and ``test/neg_elbo``. Jang et al. report 93.6 % (ST Gumbel-Softmax) and 92.6 %
 (marginalization, Kingma et al.'s M2) after full training; the number of steps
 is not stated in the paper. A budget of minutes on a shared 2-core CPU is a
 small fraction of that: read the accuracies as where training stands, not as
-a reproduction.
+a reproduction. ``--eval-every N`` records the accuracy of argmax q(y | x) on the
+10,000 validation images every N steps (the ``curve`` of the result file, plotted
+by ``bench/m2_curves.py``); ``--set KEY=VALUE`` passes any ``train.py`` override
+(``--set model.init_args.alpha=50``); ``--labelled-per-batch k`` keeps the first k
+labelled images of each batch.
 
 **Step time** (``--part speed``). One training step of M2 (forward, backward
 and Adam's update of a batch of 100 unlabelled and 100 labelled images) with K
@@ -29,6 +34,8 @@ not depend on them), so this part needs no data.
 
 Run: nice -n 10 python bench/m2.py --part speed --threads 1
      nice -n 10 python bench/m2.py --part accuracy --estimators exact,st-gumbel --minutes 5 --threads 1
+     nice -n 5 python bench/m2.py --part accuracy --estimators st-gumbel --steps 4000 --eval-every 250 \
+         --set model.init_args.alpha=50 --tag a50
 """
 
 from __future__ import annotations
@@ -202,6 +209,7 @@ def run_one(estimator: str, args: argparse.Namespace) -> dict[str, Any]:
         "alpha": module.alpha,
         "minutes": args.minutes,
         "max_steps": getattr(args, "steps", None),
+        "seed": args.seed,
         "steps": steps,
         "epochs": steps / len(data.train_dataloader()),
         "fit_seconds": fit_s,
@@ -245,6 +253,26 @@ def accuracy_table(results: list[dict[str, Any]]) -> str:
             f"| {r['estimator']} | {budget(r)} | {r['steps']} ({r['epochs']:.1f}) "
             f"| {r['ms_per_step']:.0f} | {tau} | {acc:.1f} % | {r['test_neg_elbo']:.1f} "
             f"| {cited} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def seeds_table(results: list[dict[str, Any]]) -> str:
+    """Mean ± standard deviation over the seeds of each estimator's test accuracy."""
+    lines = [
+        "| estimator | budget | seeds | steps (mean) | test accuracy (mean ± std) "
+        "| Jang et al. Table 2 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for estimator in dict.fromkeys(r["estimator"] for r in results):
+        runs = [r for r in results if r["estimator"] == estimator]
+        accuracy = torch.tensor([100 * r["test_accuracy"] for r in runs], dtype=torch.float64)
+        steps = sum(r["steps"] for r in runs) / len(runs)
+        paper = runs[0]["paper_accuracy"]
+        lines.append(
+            f"| {estimator} | {budget(runs[0])} | {len(runs)} | {steps:.0f} "
+            f"| {accuracy.mean():.1f} ± {accuracy.std():.1f} % "
+            f"| {'—' if paper is None else f'{paper:.1f} %'} |"
         )
     return "\n".join(lines)
 
@@ -340,7 +368,10 @@ def main() -> None:
         help="record the accuracy on the 10,000 validation images every N steps (0: never)",
     )
     parser.add_argument("--tag", default=None, help="name of the result file: m2-<tag>.json")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds per estimator: --seed, --seed + 1, ..."
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=100, help="speed part: images a batch")
     parser.add_argument("--repeats", type=int, default=7, help="speed part: samples per estimator")
@@ -349,6 +380,8 @@ def main() -> None:
     parser.add_argument("--log-dir", default=str(ROOT / "bench" / "results" / "logs"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds must be ≥ 1, got {args.seeds}")
     if args.minutes is None and args.steps is None:
         args.minutes = 5.0
     estimators = (
@@ -376,19 +409,28 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         results = []
+        first_seed = args.seed
         for estimator in estimators:
-            result = run_one(estimator, args)
-            results.append(result)
-            path = out / (f"m2-{args.tag}-{estimator}.json" if args.tag else f"m2-{estimator}.json")
-            path.write_text(json.dumps(result, indent=2))
-            print(
-                f"m2/{estimator}: {result['steps']} steps in {result['fit_seconds']:.0f} s "
-                f"(other processes used {result['other_processes_cores_fit']:.2f} of 2 cores); "
-                f"test {result['test_seconds']:.0f} s; saved {path}",
-                flush=True,
-            )
+            for seed in range(first_seed, first_seed + args.seeds):
+                args.seed = seed
+                result = run_one(estimator, args)
+                results.append(result)
+                name = f"{args.tag}-{estimator}" if args.tag else estimator
+                suffix = f"-seed{seed}" if args.seeds > 1 else ""
+                path = out / f"m2-{name}{suffix}.json"
+                path.write_text(json.dumps(result, indent=2))
+                print(
+                    f"m2/{estimator} seed {seed}: {result['steps']} steps in "
+                    f"{result['fit_seconds']:.0f} s (other processes used "
+                    f"{result['other_processes_cores_fit']:.2f} of 2 cores); "
+                    f"test {result['test_seconds']:.0f} s; saved {path}",
+                    flush=True,
+                )
         print()
         print(accuracy_table(results))
+        if args.seeds > 1:
+            print()
+            print(seeds_table(results))
         print(
             "\nPaper: Jang et al. (2017), Table 2, test accuracy with 100 labels after full "
             "training (steps not stated); here a budget of minutes."
