@@ -54,10 +54,9 @@ TINY_SBN = [
     "--model.estimator=GumbelSoftmax",
     "--model.inner_estimator=Reinforce",
     "--model.inner_estimator.baseline=MovingAverageBaseline",
-    "--trainer.callbacks+=TemperatureAnnealing",
-    "--trainer.callbacks.rate=0.1",
-    "--trainer.callbacks.every_n_steps=2",
-    "--trainer.callbacks.min_temperature=0.05",
+    "--annealing.rate=0.1",
+    "--annealing.every_n_steps=2",
+    "--annealing.min_temperature=0.05",
 ]
 
 
@@ -428,22 +427,11 @@ def test_a_fixed_temperature_below_the_default_floor_stays_fixed(in_tmp) -> None
     assert cli.model.estimator.temperature == pytest.approx(0.1)
 
 
-def test_a_schedule_in_trainer_callbacks_still_works_but_not_twice(in_tmp) -> None:
+def test_a_schedule_in_trainer_callbacks_is_refused_with_the_way_to_give_it(in_tmp) -> None:
     older = ["--trainer.callbacks+=TemperatureAnnealing", "--trainer.callbacks.rate=0.3"]
-    cli = ZooCLI(
-        [*TINY_VAE, "--model.estimator=GumbelSoftmax", *synthetic_args(), *older], run=False
-    )
-    assert annealing(cli.trainer).rate == 0.3  # the one in trainer.callbacks, alone
-    with pytest.raises(ValueError, match="the temperature schedule is given twice"):
+    with pytest.raises(ValueError, match="anneals τ through the annealing: block"):
         ZooCLI(
-            [
-                *TINY_VAE,
-                "--model.estimator=GumbelSoftmax",
-                *synthetic_args(),
-                *older,
-                "--annealing.rate=0.1",
-            ],
-            run=False,
+            [*TINY_VAE, "--model.estimator=GumbelSoftmax", *synthetic_args(), *older], run=False
         )
 
 

@@ -142,7 +142,7 @@ def test_every_config_builds_what_its_name_says(path: Path, tmp_path, monkeypatc
     assert annealing.rate == (1e-4 if family == "vae" else 0.0)
     if family == "sbn" and hasattr(model.estimator, "temperature"):
         assert model.estimator.temperature == 1.0
-    (checkpoint,) = [c for c in cli.trainer.callbacks if type(c) is ModelCheckpoint]
+    (checkpoint,) = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
     assert checkpoint.save_last and checkpoint.save_on_exception
 
 

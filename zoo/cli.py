@@ -369,21 +369,15 @@ class ZooCLI(LightningCLI):
         return trainer
 
     def _annealing(self, configured: list[Any], config: Namespace) -> list[TemperatureAnnealing]:
-        """The ``annealing`` schedule, or none when ``trainer.callbacks`` has one (an older config)."""
-        ours = config.get("annealing")
-        if ours is None:
-            return []
-        if not any(isinstance(c, TemperatureAnnealing) for c in configured):
-            return [ours]
-        given = {k: getattr(ours, k) for k in ANNEALING_DEFAULTS}
-        if given != ANNEALING_DEFAULTS:
+        """The ``annealing`` schedule: the one way a config anneals τ."""
+        if any(isinstance(c, TemperatureAnnealing) for c in configured):
             raise ConfigError(
-                "the temperature schedule is given twice: as a TemperatureAnnealing in "
-                "trainer.callbacks and as annealing.* ("
-                + ", ".join(f"{k}={v}" for k, v in given.items() if ANNEALING_DEFAULTS[k] != v)
-                + "); keep one (the annealing.* flags are the documented way)"
+                "trainer.callbacks holds a TemperatureAnnealing: the command line anneals τ "
+                "through the annealing: block (annealing.rate, annealing.min_temperature, "
+                "annealing.every_n_steps, annealing.initial_temperature); move it there"
             )
-        return []
+        ours = config.get("annealing")
+        return [] if ours is None else [ours]
 
 
 class DataSettings(L.Callback):
