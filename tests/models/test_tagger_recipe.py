@@ -92,6 +92,7 @@ def test_recipe_arguments_are_checked() -> None:
             NeuralHMMTagger(MarginalExpectation(), num_tags=3, input_dim=10, **bad)
 
 
+@pytest.mark.slow  # training to a quality: 600 steps
 def test_gumbel_crf_under_the_recipe_learns_the_synthetic_hmm() -> None:
     """Gumbel-CRF (τ = 0.5) after 200 warm-up steps, the HMM kept on −log p(x): far above
     chance (the majority state, 24 %) and not collapsed (KL > 0.1 per word) in 600 steps.
