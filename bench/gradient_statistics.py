@@ -30,7 +30,7 @@ from zoo.estimators import (
     STGumbelSoftmax,
 )
 from zoo.lab import gradient_statistics
-from zoo.models import CategoricalVAE
+from zoo.models import VAE, CategoricalLatent
 
 ESTIMATORS = {
     "gumbel": lambda: GumbelSoftmax(temperature=1.0),
@@ -73,7 +73,7 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for name, make in ESTIMATORS.items():
-        model = CategoricalVAE(make(), num_importance_samples=0)
+        model = VAE(make(), CategoricalLatent(), num_importance_samples=0)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def step(model=model, optimizer=optimizer) -> None:

@@ -1,7 +1,7 @@
-"""What a `CategoricalVAE` step costs: Lightning against a bare PyTorch loop, REINFORCE with S
+"""What a `VAE` step costs: Lightning against a bare PyTorch loop, REINFORCE with S
 samples against one, and the test-time likelihood ``nll_iw`` by chunk size.
 
-Model: the default `CategoricalVAE` (encoder 784-512-256-(20×10), decoder
+Model: the default `VAE` with a `CategoricalLatent` (encoder 784-512-256-(20×10), decoder
 200-256-512-784, uniform prior, exact KL), batch 100, the optimizer its own
 ``configure_optimizers`` returns. Data: the first rows of fixed-binarized MNIST
 when found under ``--data-dir`` / ``$ZOO_DATA_DIR`` (random bits otherwise),
@@ -62,7 +62,7 @@ from zoo.estimators import (  # noqa: E402
     MovingAverageBaseline,
     Reinforce,
 )
-from zoo.models import CategoricalVAE  # noqa: E402
+from zoo.models import VAE, CategoricalLatent  # noqa: E402
 
 BATCH = 100
 ESTIMATORS: dict[str, Callable[[], Estimator]] = {
@@ -89,9 +89,9 @@ def load_images(rows: int, data_dir: str | None) -> tuple[torch.Tensor, str]:
     return bits, "random bits (fixed-binarized MNIST not found)"
 
 
-def make_model(estimator: str) -> CategoricalVAE:
+def make_model(estimator: str) -> VAE:
     torch.manual_seed(0)
-    return CategoricalVAE(ESTIMATORS[estimator](), num_importance_samples=0)
+    return VAE(ESTIMATORS[estimator](), CategoricalLatent(), num_importance_samples=0)
 
 
 # ---------------------------------------------------------------------- loops
@@ -192,7 +192,7 @@ def step_table(args: argparse.Namespace, loader: DataLoader, source: str) -> Non
     }
     star = {name: "" if len(times[name]) >= 3 else "*" for name in candidates}
     print(
-        f"\nCategoricalVAE step, batch {BATCH}, {args.steps} steps per trial (first "
+        f"\nVAE step, batch {BATCH}, {args.steps} steps per trial (first "
         f"{args.warmup} left out), {args.trials} interleaved trials, torch {torch.__version__}, "
         f"lightning {L.__version__}, {torch.get_num_threads()} threads; data: {source}.\n"
     )

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.models.cases import MODELS, quiet_trainer
 from zoo.callbacks import SampleImages, TemperatureAnnealing, tempered_estimators
 from zoo.estimators import GumbelSoftmax, MovingAverageBaseline, Reinforce, STGumbelSoftmax
-from zoo.models import BernoulliSBN, CategoricalVAE, image_grid
+from zoo.models import SBN, VAE, BernoulliLatent, image_grid
 
 SBN_CASE = MODELS[2]
 
@@ -46,9 +46,9 @@ def test_the_floor_never_raises_the_temperature() -> None:
 def test_sets_every_tempered_estimator_including_nested_ones(tmp_path) -> None:
     torch.manual_seed(0)
     # Outer and inner estimators both tempered, from different starting τ.
-    model = BernoulliSBN(
+    model = SBN(
         GumbelSoftmax(temperature=2.0),
-        num_variables=3,
+        BernoulliLatent(3),
         inner_estimator=STGumbelSoftmax(temperature=5.0),
         input_dim=8,
     )
@@ -72,7 +72,7 @@ def test_resume_continues_the_schedule_where_it_stopped(tmp_path) -> None:
     torch.manual_seed(0)
     case = MODELS[0]
 
-    def fit(max_steps: int, ckpt_path: str | None) -> tuple[CategoricalVAE, TemperatureAnnealing]:
+    def fit(max_steps: int, ckpt_path: str | None) -> tuple[VAE, TemperatureAnnealing]:
         model = case.make(GumbelSoftmax(temperature=1.0))
         callback = TemperatureAnnealing(rate=0.1, min_temperature=0.01, every_n_steps=2)
         checkpoint = L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_last=True)

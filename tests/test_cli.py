@@ -32,15 +32,16 @@ from zoo.estimators import (
     MovingAverageBaseline,
     Reinforce,
 )
-from zoo.models import BernoulliSBN
+from zoo.models import SBN
 
 ROOT = Path(__file__).resolve().parents[1]
 VAE_CONFIG = str(ROOT / "configs" / "vae" / "categorical-gumbel.yaml")
 
 TINY_VAE = [
-    "--model=CategoricalVAE",
-    "--model.num_variables=3",
-    "--model.num_classes=4",
+    "--model=VAE",
+    "--model.latent=CategoricalLatent",
+    "--model.latent.num_variables=3",
+    "--model.latent.num_classes=4",
     "--model.hidden_sizes=[8]",
     "--model.num_importance_samples=8",
     "--model.lr=0.01",
@@ -48,8 +49,9 @@ TINY_VAE = [
 # An SBN whose outer estimator is annealed and whose inner one keeps a moving average:
 # both kinds of estimator state must survive checkpoints.
 TINY_SBN = [
-    "--model=BernoulliSBN",
-    "--model.num_variables=4",
+    "--model=SBN",
+    "--model.latent=BernoulliLatent",
+    "--model.latent.num_variables=4",
     "--model.num_importance_samples=8",
     "--model.estimator=GumbelSoftmax",
     "--model.inner_estimator=Reinforce",
@@ -122,7 +124,7 @@ def test_null_profiler_by_default_and_any_other_on_request(in_tmp) -> None:
     assert type(profiler) is NullProfiler
     # One shared context, entered and left like any other.
     assert profiler.profile("a") is profiler.profile("b")
-    with profiler.profile("[LightningModule]CategoricalVAE.training_step"):
+    with profiler.profile("[LightningModule]VAE.training_step"):
         pass
     args = ["--config", VAE_CONFIG, "--trainer.profiler=simple"]
     assert type(ZooCLI(args, run=False).trainer.profiler) is SimpleProfiler
@@ -148,7 +150,7 @@ def test_train_py_runs_as_a_script(in_tmp) -> None:
 
 def test_help_comes_from_the_docstrings(capsys) -> None:
     with pytest.raises(SystemExit):
-        main(["fit", "--model.help", "CategoricalVAE"])
+        main(["fit", "--model.help", "VAE"])
     text = capsys.readouterr().out
     assert "the gradient estimator of E_q[−log p(x | z)]" in text
     assert "--model.num_importance_samples" in text
@@ -163,7 +165,7 @@ def test_fit_checkpoint_test_round_trip_rebuilds_the_estimators(in_tmp) -> None:
     ckpt = in_tmp / "lightning_logs" / "sbn" / "version_0" / "checkpoints" / "last.ckpt"
 
     # A different estimator on the command line: the checkpoint's own config wins.
-    args = ["test", "--model=BernoulliSBN", "--model.estimator=StraightThrough"]
+    args = ["test", "--model=SBN", "--model.latent=BernoulliLatent", "--model.estimator=StraightThrough"]
     tested = ZooCLI(
         [*args, *synthetic_args("halves"), *quiet_trainer_args(), "--ckpt_path", str(ckpt)]
     )
@@ -177,7 +179,7 @@ def test_fit_checkpoint_test_round_trip_rebuilds_the_estimators(in_tmp) -> None:
     assert math.isfinite(float(tested.trainer.callback_metrics["test/nll_iw"]))
 
     # Plain Python rebuilds it too (the default weights_only=True: only plain values inside).
-    loaded = BernoulliSBN.load_from_checkpoint(ckpt)
+    loaded = SBN.load_from_checkpoint(ckpt)
     assert loaded.estimator.temperature == pytest.approx(temperature)
     torch.testing.assert_close(loaded.inner_estimator.baseline.average, average)
 
@@ -288,7 +290,7 @@ def test_tensorboard_shows_the_real_metrics_in_the_hparams_tab(in_tmp) -> None:
     names = {m.name.tag for m in experiment.experiment.metric_infos}
     assert names == {"val/neg_elbo", "test/neg_elbo", "test/nll_iw"}
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    assert session.session_start_info.hparams["class_path"].string_value.endswith("CategoricalVAE")
+    assert session.session_start_info.hparams["class_path"].string_value.endswith(".VAE")
     # Each metric's series holds only real values, the last being the final one.
     val = [e.value for e in events.Scalars("val/neg_elbo")]
     assert len(val) == 2

@@ -120,7 +120,7 @@ def test_a_checkpoint_of_another_model_class_is_one_line(in_tmp, capsys) -> None
     ZooCLI(["fit", *TINY_TAGGER, "--trainer.max_steps=1"])
     ckpt = next(in_tmp.glob("lightning_logs/tagger/version_0/checkpoints/last.ckpt"))
     line = one_line_error(capsys, ["test", *VAE, f"--ckpt_path={ckpt}"])
-    assert "holds a NeuralHMMTagger" in line and "the command builds a CategoricalVAE" in line
+    assert "holds a NeuralHMMTagger" in line and "the command builds a VAE" in line
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint\n", None], ids=["text", "missing"])
@@ -238,7 +238,7 @@ def test_the_documented_table_is_the_generated_one() -> None:
     ("args", "expected"),
     [
         (["--model.estimator=GumbelCRF"], "GumbelCRF needs a structure with relaxed forward-filtering"),
-        (["--model.estimator=DisARM"], "DisARM needs a Bernoulli structure (independent bits); CategoricalVAE builds a Categorical"),
+        (["--model.estimator=DisARM"], "DisARM needs a Bernoulli structure (independent bits); VAE builds a Categorical"),
     ],
     ids=["gumbel-crf-on-categorical", "disarm-on-categorical"],
 )  # fmt: skip

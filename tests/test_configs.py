@@ -29,7 +29,7 @@ from zoo.estimators import (
     STGumbelSoftmax,
     StraightThrough,
 )
-from zoo.models import VAE, BernoulliSBN, BernoulliVAE, CategoricalSBN, CategoricalVAE, ChainLatent
+from zoo.models import SBN, VAE, BernoulliLatent, CategoricalLatent, ChainLatent
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -39,10 +39,10 @@ EXPERIMENTS = sorted(p for family in MNIST_FAMILIES for p in (CONFIGS / family).
 ESTIMATOR_FILES = sorted((CONFIGS / "estimator").glob("*.yaml"))
 
 MODEL_CLASSES = {
-    ("vae", "categorical"): CategoricalVAE,
-    ("vae", "bernoulli"): BernoulliVAE,
-    ("sbn", "bernoulli"): BernoulliSBN,
-    ("sbn", "categorical"): CategoricalSBN,
+    ("vae", "categorical"): VAE,
+    ("vae", "bernoulli"): VAE,
+    ("sbn", "bernoulli"): SBN,
+    ("sbn", "categorical"): SBN,
     ("vae", "chain"): VAE,
 }
 # The chain-posterior VAE ships with a few estimators, not all.
@@ -124,8 +124,9 @@ def test_every_config_builds_what_its_name_says(path: Path, tmp_path, monkeypatc
     cli = ZooCLI(["--config", str(path)], run=False)
     model = cli.model
     assert type(model) is MODEL_CLASSES[family, latent]
+    kinds = {"categorical": CategoricalLatent, "bernoulli": BernoulliLatent, "chain": ChainLatent}
+    assert type(model.latent) is kinds[latent]
     if latent == "chain":
-        assert type(model.latent) is ChainLatent
         assert (model.latent.num_variables, model.latent.num_states) == (20, 10)
     check_estimator(model.estimator, estimator)
     if family == "sbn":  # the second layer gets its own copy

@@ -44,7 +44,7 @@ BATCH = 8  # per process; the single-process comparisons use the same images
 # ----------------------------------------------------------------------------- the ranks' side
 def _model(scenario: str):
     from zoo.estimators import Exact, GumbelSoftmax, MovingAverageBaseline, Reinforce
-    from zoo.models import CategoricalVAE
+    from zoo.models import VAE, CategoricalLatent
     from zoo.models.m2 import M2
 
     torch.manual_seed(0)
@@ -54,9 +54,7 @@ def _model(scenario: str):
     if scenario == "m2-gumbel":
         return M2(GumbelSoftmax(), latent_dim=4, hidden_sizes=(16,), lr=1e-2)
     if scenario == "vae-exact":
-        return CategoricalVAE(
-            Exact(), num_variables=2, num_classes=3, input_dim=16, hidden_sizes=(8,), lr=1e-2
-        )
+        return VAE(Exact(), CategoricalLatent(2, 3), input_dim=16, hidden_sizes=(8,), lr=1e-2)
     raise ValueError(f"unknown scenario {scenario!r}")
 
 

@@ -20,7 +20,7 @@ from zoo.data import DataNotFoundError, MNISTDataModule, resolve_data_dir
 from zoo.data import hub as hub_module
 from zoo.data import mnist as mnist_module
 from zoo.estimators import GumbelSoftmax
-from zoo.models import CategoricalVAE
+from zoo.models import (VAE, CategoricalLatent)
 
 TRAIN_GZ = "mnist/train-images-idx3-ubyte.gz"
 TEST_GZ = "mnist/t10k-images-idx3-ubyte.gz"
@@ -578,7 +578,7 @@ def test_under_a_trainer_dynamic_batches_are_drawn_as_they_reach_the_model(share
         seen.clear()
         torch.manual_seed(0)
         dm = make_dm(shared_data_dir, binarization="dynamic", limit=200, batch_size=50)
-        model = CategoricalVAE(GumbelSoftmax(), 2, 3, hidden_sizes=(8,), num_importance_samples=0)
+        model = VAE(GumbelSoftmax(), CategoricalLatent(2, 3), hidden_sizes=(8,), num_importance_samples=0)
         quiet_trainer(max_steps=3, callbacks=[Record()], limit_val_batches=0).fit(model, dm)
         # The loader itself hands out intensities; the draw waits for the model.
         assert dm.train_set.defer_binarization

@@ -11,7 +11,7 @@ from tests.models.cases import quiet_trainer
 from zoo.data import SyntheticBinaryDataModule
 from zoo.data.base import ResumableBatchSampler
 from zoo.estimators import GumbelSoftmax
-from zoo.models import CategoricalVAE
+from zoo.models import VAE, CategoricalLatent
 
 
 def make_dm(**kwargs) -> SyntheticBinaryDataModule:
@@ -167,7 +167,7 @@ def test_the_batch_sampler_resumes_in_the_middle_of_an_epoch_and_at_its_end():
 
 def test_the_loader_counts_only_the_batches_training_uses():
     dm = make_dm(num_train=64, num_val=16, num_test=16, dim=16, batch_size=16)
-    model = CategoricalVAE(GumbelSoftmax(), 2, 3, input_dim=16, hidden_sizes=(8,))
+    model = VAE(GumbelSoftmax(), CategoricalLatent(2, 3), input_dim=16, hidden_sizes=(8,))
     trainer: L.Trainer = quiet_trainer(max_steps=3)
     trainer.fit(model, dm)
     assert trainer.train_dataloader.state_dict()["consumed"] == 3  # 4 fetched, 3 used

@@ -23,12 +23,15 @@ trainer:
   enable_progress_bar: false
   enable_model_summary: false
 model:
-  class_path: zoo.models.CategoricalVAE
+  class_path: zoo.models.VAE
   init_args:
     estimator:
       class_path: zoo.estimators.GumbelSoftmax
-    num_variables: 3
-    num_classes: 4
+    latent:
+      class_path: zoo.models.CategoricalLatent
+      init_args:
+        num_variables: 3
+        num_classes: 4
     hidden_sizes: [8]
     lr: 1.0e-2
     num_importance_samples: 0

@@ -27,7 +27,7 @@ from zoo.estimators import (
     STGumbelSoftmax,
     StraightThrough,
 )
-from zoo.models import VAE, BernoulliSBN, BernoulliVAE, CategoricalSBN, CategoricalVAE, ChainLatent
+from zoo.models import SBN, VAE, BernoulliLatent, CategoricalLatent, ChainLatent
 from zoo.models.base import LatentVariableModel
 
 DIM = 16
@@ -53,27 +53,25 @@ class ModelCase:
 MODELS = [
     ModelCase(
         "categorical-vae",
-        lambda e: CategoricalVAE(
-            e, num_variables=3, num_classes=4, input_dim=DIM, hidden_sizes=(8,), lr=1e-2
-        ),
+        lambda e: VAE(e, CategoricalLatent(3, 4), input_dim=DIM, hidden_sizes=(8,), lr=1e-2),
         parts=12,
         split="full",
     ),
     ModelCase(
         "bernoulli-vae",
-        lambda e: BernoulliVAE(e, num_variables=6, input_dim=DIM, hidden_sizes=(8,), lr=1e-2),
+        lambda e: VAE(e, BernoulliLatent(6), input_dim=DIM, hidden_sizes=(8,), lr=1e-2),
         parts=6,
         split="full",
     ),
     ModelCase(
         "bernoulli-sbn",
-        lambda e: BernoulliSBN(e, num_variables=5, input_dim=DIM // 2, lr=1e-2),
+        lambda e: SBN(e, BernoulliLatent(5), input_dim=DIM // 2, lr=1e-2),
         parts=5,
         split="halves",
     ),
     ModelCase(
         "categorical-sbn",
-        lambda e: CategoricalSBN(e, num_variables=2, num_classes=3, input_dim=DIM // 2, lr=1e-2),
+        lambda e: SBN(e, CategoricalLatent(2, 3), input_dim=DIM // 2, lr=1e-2),
         parts=6,
         split="halves",
     ),
@@ -81,7 +79,7 @@ MODELS = [
     ModelCase(
         "chain-vae",
         lambda e: VAE(e, ChainLatent(3, 3), input_dim=DIM, hidden_sizes=(8,), lr=1e-2),
-        parts=2 * 3 * 3,
+        parts=3 * 3 * 3,  # (N, C, C): the chain layout with its virtual end
         split="full",
     ),
 ]

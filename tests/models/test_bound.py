@@ -24,11 +24,10 @@ from zoo.estimators import VIMCO, LeaveOneOutBaseline, Reinforce
 from zoo.lab import GradientStatistics, gradient_statistics, reference_gradient
 from zoo.models import (
     M2,
+    SBN,
     VAE,
-    BernoulliSBN,
-    BernoulliVAE,
-    CategoricalSBN,
-    CategoricalVAE,
+    BernoulliLatent,
+    CategoricalLatent,
     ChainLatent,
     LatentTreeClassifier,
     NeuralHMMTagger,
@@ -39,9 +38,9 @@ S = 2  # samples of the bound
 K = 3  # values of the one latent variable
 
 
-def _tiny_vae() -> CategoricalVAE:
+def _tiny_vae() -> VAE:
     torch.manual_seed(0)
-    model = CategoricalVAE(VIMCO(S), num_variables=1, num_classes=K, input_dim=4, hidden_sizes=(4,))
+    model = VAE(VIMCO(S), CategoricalLatent(1, K), input_dim=4, hidden_sizes=(4,))
     return model.double()
 
 
@@ -49,7 +48,7 @@ def _batch() -> dict[str, torch.Tensor]:
     return {"x": torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)}
 
 
-def _expected_bound(model: CategoricalVAE, q: Categorical, batch) -> torch.Tensor:
+def _expected_bound(model: VAE, q: Categorical, batch) -> torch.Tensor:
     """E[L̂_S] ``(B,)`` by enumeration of the K^S tuples, differentiable in θ and the model."""
     eye = torch.eye(K, dtype=torch.float64)
     total = 0.0
@@ -65,10 +64,8 @@ def _expected_bound(model: CategoricalVAE, q: Categorical, batch) -> torch.Tenso
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: CategoricalVAE(
-            VIMCO(4), num_variables=3, num_classes=4, input_dim=6, hidden_sizes=(8,)
-        ),
-        lambda: BernoulliVAE(VIMCO(4), num_variables=5, input_dim=6, hidden_sizes=(8,)),
+        lambda: VAE(VIMCO(4), CategoricalLatent(3, 4), input_dim=6, hidden_sizes=(8,)),
+        lambda: VAE(VIMCO(4), BernoulliLatent(5), input_dim=6, hidden_sizes=(8,)),
         lambda: VAE(VIMCO(4), ChainLatent(3, 2), input_dim=6, hidden_sizes=(8,)),
     ],
     ids=["categorical", "bernoulli", "chain"],
@@ -140,8 +137,8 @@ def test_the_bound_reference_is_only_for_bounds() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: BernoulliSBN(VIMCO(3), num_variables=5, input_dim=8),
-        lambda: CategoricalSBN(VIMCO(3), num_variables=2, num_classes=3, input_dim=8),
+        lambda: SBN(VIMCO(3), BernoulliLatent(5), input_dim=8),
+        lambda: SBN(VIMCO(3), CategoricalLatent(2, 3), input_dim=8),
         lambda: NeuralHMMTagger(VIMCO(3), num_tags=3, input_dim=10, embedding_dim=8, hidden_size=8),
         lambda: LatentTreeClassifier(VIMCO(3), hidden_dim=8),
         lambda: M2(VIMCO(3), num_classes=3, latent_dim=2, input_dim=6, hidden_sizes=(8,)),
@@ -154,7 +151,7 @@ def test_a_model_without_a_joint_refuses_vimco(make) -> None:
 
 
 def test_the_joint_keeps_every_batch_dimension() -> None:
-    model = CategoricalVAE(VIMCO(3), num_variables=2, num_classes=3, input_dim=6, hidden_sizes=(8,))
+    model = VAE(VIMCO(3), CategoricalLatent(2, 3), input_dim=6, hidden_sizes=(8,))
     batch = {"x": (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(0)) < 0.5).float()}
     q = model.posterior(batch)  # batch shape (2, 5)
     z = q.sample(4)
@@ -164,17 +161,17 @@ def test_the_joint_keeps_every_batch_dimension() -> None:
 
 
 def test_the_lab_refuses_a_bound_it_cannot_measure(tmp_path) -> None:
-    sbn = BernoulliSBN(Reinforce(2), num_variables=5, input_dim=8)
+    sbn = SBN(Reinforce(2), BernoulliLatent(5), input_dim=8)
     batch = {"x": torch.ones(3, 8), "y": torch.zeros(3, 8)}
     with pytest.raises(
-        TypeError, match="VIMCO estimates a multi-sample bound.*BernoulliSBN has none"
+        TypeError, match="VIMCO estimates a multi-sample bound.*SBN has none"
     ):
         gradient_statistics(sbn, batch, estimator=VIMCO(3))
     # The callback says so before the first training step.
     for model, reference, message in (
         (_tiny_vae().float(), "exact", "must be 'bound'"),
         (
-            CategoricalVAE(Reinforce(2), num_variables=1, num_classes=3, input_dim=16),
+            VAE(Reinforce(2), CategoricalLatent(1, 3), input_dim=16),
             "bound",
             "got Reinforce",
         ),
@@ -199,15 +196,13 @@ class _Count(L.Callback):
 
 def test_the_sbn_refuses_vimco_as_its_inner_estimator() -> None:
     with pytest.raises(TypeError, match="inner_estimator: VIMCO"):
-        BernoulliSBN(Reinforce(2), num_variables=5, input_dim=8, inner_estimator=VIMCO(3))
+        SBN(Reinforce(2), BernoulliLatent(5), input_dim=8, inner_estimator=VIMCO(3))
 
 
 def test_a_vimco_run_logs_the_bound_beside_the_elbo_of_its_samples() -> None:
     torch.manual_seed(0)
     case = MODELS[0]
-    model = CategoricalVAE(
-        VIMCO(4), num_variables=3, num_classes=4, input_dim=16, hidden_sizes=(8,)
-    )
+    model = VAE(VIMCO(4), CategoricalLatent(3, 4), input_dim=16, hidden_sizes=(8,))
     trainer = quiet_trainer(max_steps=4, log_every_n_steps=1, limit_val_batches=2)
     trainer.fit(model, case.data())
     metrics = trainer.callback_metrics
@@ -238,5 +233,5 @@ def test_the_vimco_group_file_is_refused_by_the_sbn_from_the_command_line(tmp_pa
     monkeypatch.chdir(tmp_path)
     config = CONFIGS / "sbn" / "bernoulli-straight-through.yaml"
     # The CLI's parser wraps what the constructor raised; train.py prints the message alone.
-    with pytest.raises((TypeError, ValueError), match="BernoulliSBN has no joint_nll"):
+    with pytest.raises((TypeError, ValueError), match="SBN writes no joint_nll"):
         ZooCLI(["--config", str(config), "--model.estimator", str(VIMCO_FILE)], run=False)

@@ -23,7 +23,7 @@ from zoo.estimators import (
     Reinforce,
     StraightThrough,
 )
-from zoo.models import BernoulliSBN, BernoulliVAE, CategoricalSBN, CategoricalVAE
+from zoo.models import SBN, VAE, BernoulliLatent, CategoricalLatent
 from zoo.structures import Bernoulli, Categorical
 
 
@@ -77,10 +77,10 @@ def test_validate_and_test_run_under_inference_mode(case: ModelCase, estimator: 
 
 def test_loss_goes_down_on_synthetic_data() -> None:
     torch.manual_seed(0)
-    model = CategoricalVAE(
-        GumbelSoftmax(temperature=0.7), num_variables=4, num_classes=4, input_dim=64,
-        hidden_sizes=(32,), lr=3e-3,
-    )  # fmt: skip
+    model = VAE(
+        GumbelSoftmax(temperature=0.7),
+        CategoricalLatent(4, 4), input_dim=64,
+        hidden_sizes=(32,), lr=3e-3)  # fmt: skip
     losses: list[float] = []
 
     class Record(L.Callback):
@@ -128,7 +128,7 @@ def binary(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
 def test_vae_objective_and_likelihood_match_enumeration() -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    model = CategoricalVAE(Exact(), num_variables=2, num_classes=3, input_dim=6, hidden_sizes=(5,))
+    model = VAE(Exact(), CategoricalLatent(2, 3), input_dim=6, hidden_sizes=(5,))
     model = model.double()
     with torch.no_grad():  # a poor posterior: a wide gap between −ELBO and −log p(x)
         model.encoder[-1].weight.mul_(8.0)
@@ -154,7 +154,7 @@ def test_vae_objective_and_likelihood_match_enumeration() -> None:
 
 
 def test_importance_sampling_combines_its_chunks_exactly() -> None:
-    model = CategoricalVAE(GumbelSoftmax(), hidden_sizes=(4,), importance_chunk_size=3)
+    model = VAE(GumbelSoftmax(), CategoricalLatent(), hidden_sizes=(4,), importance_chunk_size=3)
     drawn: list[int] = []
 
     def log_weights(q, batch, num_samples):  # log w_i = i for the i-th sample drawn
@@ -170,7 +170,7 @@ def test_importance_sampling_combines_its_chunks_exactly() -> None:
 
 
 def test_bernoulli_vae_kl_is_against_the_uniform_prior() -> None:
-    model = BernoulliVAE(Exact(), num_variables=3, input_dim=4, hidden_sizes=(4,)).double()
+    model = VAE(Exact(), BernoulliLatent(3), input_dim=4, hidden_sizes=(4,)).double()
     batch = {"x": binary((2, 4), torch.Generator().manual_seed(0))}
     q = model.posterior(batch)
     p = torch.sigmoid(q.log_potentials)
@@ -183,10 +183,10 @@ def test_sbn_nested_objective_matches_enumeration_in_value_and_gradient(kind: st
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(3)
     if kind == "bernoulli":
-        model = BernoulliSBN(Exact(), num_variables=3, input_dim=4, output_dim=5).double()
+        model = SBN(Exact(), BernoulliLatent(3), input_dim=4, output_dim=5).double()
         support = Bernoulli(torch.zeros(3, dtype=torch.float64)).enumerate_support()  # (8, 3)
     else:
-        model = CategoricalSBN(Exact(), num_variables=2, num_classes=3, input_dim=4, output_dim=5)
+        model = SBN(Exact(), CategoricalLatent(2, 3), input_dim=4, output_dim=5)
         model = model.double()
         support = Categorical(torch.zeros(2, 3, dtype=torch.float64)).enumerate_support()
     batch = {"x": binary((3, 4), gen), "y": binary((3, 5), gen)}
@@ -237,12 +237,12 @@ def test_images_are_pictures_in_the_unit_interval(case: ModelCase) -> None:
 
 
 def test_the_estimators_may_be_given_as_configs() -> None:
-    model = BernoulliSBN(
+    model = SBN(
         {
             "class_path": "Reinforce",
             "init_args": {"num_samples": 2, "baseline": {"class_path": "LeaveOneOutBaseline"}},
         },
-        num_variables=3,
+        BernoulliLatent(3),
         input_dim=4,
         inner_estimator={"class_path": "zoo.estimators.StraightThrough"},
     )
@@ -253,7 +253,7 @@ def test_the_estimators_may_be_given_as_configs() -> None:
 
 
 def test_sbn_inner_estimator_is_a_separate_copy_by_default() -> None:
-    model = BernoulliSBN(Reinforce(baseline=MovingAverageBaseline()), num_variables=3, input_dim=4)
+    model = SBN(Reinforce(baseline=MovingAverageBaseline()), BernoulliLatent(3), input_dim=4)
     assert type(model.inner_estimator) is Reinforce
     assert model.inner_estimator is not model.estimator
     assert model.inner_estimator.baseline is not model.estimator.baseline
@@ -272,11 +272,11 @@ def test_sbn_inner_estimator_is_a_separate_copy_by_default() -> None:
 def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
     arguments = {"estimator": GumbelSoftmax(), **kwargs}
     with pytest.raises(ValueError, match=message):
-        CategoricalVAE(**arguments)
+        VAE(latent=CategoricalLatent(), **arguments)
 
 
 def test_configure_optimizers_uses_fused_adam() -> None:
-    optimizer = CategoricalVAE(GumbelSoftmax(), hidden_sizes=(8,)).configure_optimizers()
+    optimizer = VAE(GumbelSoftmax(), CategoricalLatent(), hidden_sizes=(8,)).configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.defaults["fused"] is True
 

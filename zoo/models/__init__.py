@@ -19,30 +19,24 @@ from zoo.models.listops import (
     LSTMClassifier,
 )
 from zoo.models.m2 import M2
-from zoo.models.sbn import SBN, BernoulliSBN, CategoricalSBN
+from zoo.models.sbn import SBN
 from zoo.models.tagger import (
     BiLSTMEncoder,
     ChainEncoder,
     ChainTagger,
     ConvEncoder,
     HMMPosterior,
-    InducedTagWriter,
     LSTMTagger,
-    MarginalExpectation,
     NeuralHMMTagger,
 )
-from zoo.models.vae import VAE, BernoulliVAE, CategoricalVAE
+from zoo.models.vae import VAE
 
 __all__ = [
     "Batch",
     "BernoulliLatent",
-    "BernoulliSBN",
-    "BernoulliVAE",
     "BiLSTMEncoder",
     "BinaryComposer",
     "CategoricalLatent",
-    "CategoricalSBN",
-    "CategoricalVAE",
     "ChainEncoder",
     "ChainLatent",
     "ChainTagger",
@@ -50,7 +44,6 @@ __all__ = [
     "DependencyComposer",
     "GoldTreeClassifier",
     "HMMPosterior",
-    "InducedTagWriter",
     "LSTMClassifier",
     "LSTMTagger",
     "Latent",
@@ -59,7 +52,6 @@ __all__ = [
     "ListOpsClassifier",
     "M2",
     "MLP",
-    "MarginalExpectation",
     "NeuralHMMTagger",
     "SBN",
     "VAE",

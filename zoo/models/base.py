@@ -100,7 +100,7 @@ class LatentVariableModel(L.LightningModule):
     Checkpoints keep the estimator among the hyperparameters as its config
     (``{"class_path": ..., "init_args": {...}}``, what LightningCLI writes; see
     `zoo.config`), whether the model was built by ``train.py`` or in
-    Python, so ``CategoricalVAE.load_from_checkpoint(path)`` rebuilds the model,
+    Python, so ``VAE.load_from_checkpoint(path)`` rebuilds the model,
     estimator included, with its buffers from the state dict, under
     ``torch.load``'s safe default ``weights_only=True``. An estimator whose
     arguments have no plain form (a function, say) is kept as the object
@@ -162,7 +162,7 @@ class LatentVariableModel(L.LightningModule):
 
         So checkpoints hold plain values only (LightningCLI gives configs already),
         and ``load_from_checkpoint`` calls exactly this constructor: what a base
-        class was given by its subclass (a `CategoricalVAE`'s latent) is left out.
+        class was given by its subclass (what a family fixes for its base) is left out.
         """
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_MODULE_HPARAM_WARNING)
@@ -526,6 +526,25 @@ class LatentVariableModel(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._write_hparams_session()
+
+    # ------------------------------------------------------------ older checkpoints
+    @classmethod
+    def upgrade_hyperparameters(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor arguments that rebuild a checkpoint written by an older version of the
+        class from its ``hparams``; none by default.
+
+        `load_from_checkpoint` passes them on (the older arguments themselves are
+        dropped, since the constructor no longer names them).
+        """
+        return {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, with older checkpoints upgraded first
+        (`upgrade_hyperparameters`); arguments given here win."""
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        upgraded = cls.upgrade_hyperparameters(checkpoint.get("hyper_parameters", {}))
+        return super().load_from_checkpoint(checkpoint_path, *args, **{**upgraded, **kwargs})
 
     # ------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

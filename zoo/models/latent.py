@@ -49,7 +49,7 @@ from torch.distributions import kl_divergence
 from zoo.config import Configurable, from_config
 from zoo.structures import Bernoulli, Categorical, LinearChainCRF, Structure
 
-__all__ = ["BernoulliLatent", "CategoricalLatent", "ChainLatent", "Latent", "as_latent"]
+__all__ = ["BernoulliLatent", "CategoricalLatent", "ChainLatent", "Latent", "as_latent", "upgrade_latent"]
 
 
 class Latent(Configurable, nn.Module):
@@ -221,3 +221,13 @@ def as_latent(value: Any, name: str = "latent") -> Latent:
         f"{name} must be a zoo.models.latent.Latent (e.g. CategoricalLatent(20, 10)) or its "
         f"config {{'class_path': ..., 'init_args': {{...}}}}, got {type(value).__name__}"
     )
+
+
+def upgrade_latent(hparams: Any) -> dict[str, Any]:
+    """The ``latent`` of a checkpoint written by the older ``Categorical*``/``Bernoulli*`` model
+    classes, which took ``num_variables`` (and ``num_classes``) instead; none when it has one."""
+    if "latent" in hparams or "num_variables" not in hparams:
+        return {}
+    if "num_classes" in hparams:
+        return {"latent": CategoricalLatent(hparams["num_variables"], hparams["num_classes"])}
+    return {"latent": BernoulliLatent(hparams["num_variables"])}

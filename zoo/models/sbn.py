@@ -19,9 +19,8 @@ the negative log-likelihood:
 
 Each stochastic layer is an injected `zoo.models.latent.Latent` (bits,
 categorical variables, a chain); the second layer gets a copy of the first's,
-with its own parameters. `BernoulliSBN` and `CategoricalSBN` are `SBN` with the
-latent built from the older constructor arguments, kept so that earlier
-configs and checkpoints load.
+with its own parameters. Checkpoints of the older ``BernoulliSBN`` and
+``CategoricalSBN`` load with ``SBN.load_from_checkpoint``.
 
 It is the negative ELBO with the model's own p(z | x) as the variational
 distribution (so its KL term is 0), and it is logged under that name, as for
@@ -54,10 +53,10 @@ from zoo.config import as_estimator
 from zoo.estimators import Estimator
 from zoo.models.base import Batch, LatentVariableModel
 from zoo.models.components import MLP, bernoulli_nll
-from zoo.models.latent import BernoulliLatent, CategoricalLatent, Latent, as_latent
+from zoo.models.latent import Latent, as_latent, upgrade_latent
 from zoo.structures import Structure
 
-__all__ = ["SBN", "BernoulliSBN", "CategoricalSBN"]
+__all__ = ["SBN"]
 
 
 class SBN(LatentVariableModel):
@@ -81,6 +80,7 @@ class SBN(LatentVariableModel):
 
     Example:
         >>> from zoo.estimators import StraightThrough
+        >>> from zoo.models.latent import BernoulliLatent
         >>> model = SBN(StraightThrough(), BernoulliLatent(5), input_dim=4, output_dim=3)
         >>> model({"x": torch.ones(2, 4), "y": torch.zeros(2, 3)}).shape
         torch.Size([2])
@@ -128,6 +128,12 @@ class SBN(LatentVariableModel):
         self.second = MLP(self.latent.out_features, hidden, features)  # z1 → logits of z2
         self.output = MLP(self.inner_latent.out_features, hidden, self.output_dim)  # z2 → y
 
+    @classmethod
+    def upgrade_hyperparameters(cls, hparams):
+        """A checkpoint of the older ``BernoulliSBN``/``CategoricalSBN``: its latent from
+        ``num_variables`` (and ``num_classes``)."""
+        return upgrade_latent(hparams)
+
     def posterior(self, batch: Batch) -> Structure:
         """p(z1 | x), batch shape ``(B,)``."""
         return self.latent.posterior(self.first(batch["x"]))
@@ -174,79 +180,3 @@ class SBN(LatentVariableModel):
         truth = torch.cat([x, y], dim=-1)
         completed = torch.cat([x, predicted], dim=-1)
         return {"completions": torch.stack([truth, completed], dim=1).flatten(0, 1)}
-
-
-class BernoulliSBN(SBN):
-    """`SBN` with ``BernoulliLatent(num_variables)`` layers: the older name and arguments.
-
-    Args:
-        estimator: the gradient estimator of the first layer.
-        num_variables: N bits per stochastic layer (200 in Jang et al.).
-        inner_estimator, input_dim, output_dim, hidden_sizes, lr, num_importance_samples,
-            val_importance_samples, importance_chunk_size: as for `SBN`.
-    """
-
-    def __init__(
-        self,
-        estimator: Estimator,
-        num_variables: int = 200,
-        inner_estimator: Estimator | None = None,
-        input_dim: int = 392,
-        output_dim: int | None = None,
-        hidden_sizes: tuple[int, ...] = (),
-        lr: float = 1e-3,
-        num_importance_samples: int = 1000,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
-    ) -> None:
-        super().__init__(
-            estimator,
-            BernoulliLatent(num_variables),
-            inner_estimator=inner_estimator,
-            input_dim=input_dim,
-            output_dim=output_dim,
-            hidden_sizes=hidden_sizes,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
-        )
-
-
-class CategoricalSBN(SBN):
-    """`SBN` with ``CategoricalLatent(num_variables, num_classes)`` layers: the older name and arguments.
-
-    Args:
-        estimator: the gradient estimator of the first layer.
-        num_variables: N variables per stochastic layer (20 in Jang et al.).
-        num_classes: K classes per variable (10 in Jang et al.).
-        inner_estimator, input_dim, output_dim, hidden_sizes, lr, num_importance_samples,
-            val_importance_samples, importance_chunk_size: as for `SBN`.
-    """
-
-    def __init__(
-        self,
-        estimator: Estimator,
-        num_variables: int = 20,
-        num_classes: int = 10,
-        inner_estimator: Estimator | None = None,
-        input_dim: int = 392,
-        output_dim: int | None = None,
-        hidden_sizes: tuple[int, ...] = (),
-        lr: float = 1e-3,
-        num_importance_samples: int = 1000,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
-    ) -> None:
-        super().__init__(
-            estimator,
-            CategoricalLatent(num_variables, num_classes),
-            inner_estimator=inner_estimator,
-            input_dim=input_dim,
-            output_dim=output_dim,
-            hidden_sizes=hidden_sizes,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
-        )

@@ -15,9 +15,9 @@ importance sampling with m samples of q:
 
 What z is (N categorical variables, N bits, a label chain) is the injected
 `zoo.models.latent.Latent`: one `VAE` class, one config per latent.
-`CategoricalVAE` and `BernoulliVAE` are the same class with the latent built
-from the older constructor arguments, kept so that earlier configs and
-checkpoints load. Default sizes are the paper's: encoder
+Checkpoints of the older ``CategoricalVAE`` and ``BernoulliVAE`` load with
+``VAE.load_from_checkpoint`` (their ``num_variables``/``num_classes`` become the
+latent). Default sizes are the paper's: encoder
 784-512-256-(latent), decoder (latent)-256-512-784, ReLU.
 """
 
@@ -29,10 +29,10 @@ from torch import Tensor
 from zoo.estimators import Estimator
 from zoo.models.base import Batch, LatentVariableModel
 from zoo.models.components import MLP, bernoulli_nll
-from zoo.models.latent import BernoulliLatent, CategoricalLatent, Latent, as_latent
+from zoo.models.latent import Latent, as_latent, upgrade_latent
 from zoo.structures import Structure
 
-__all__ = ["VAE", "BernoulliVAE", "CategoricalVAE"]
+__all__ = ["VAE"]
 
 
 class VAE(LatentVariableModel):
@@ -88,6 +88,12 @@ class VAE(LatentVariableModel):
         self.encoder = MLP(input_dim, hidden, self.latent.in_features)
         self.decoder = MLP(self.latent.out_features, hidden[::-1], input_dim)
 
+    @classmethod
+    def upgrade_hyperparameters(cls, hparams):
+        """A checkpoint of the older ``CategoricalVAE``/``BernoulliVAE``: its latent from
+        ``num_variables`` (and ``num_classes``)."""
+        return upgrade_latent(hparams)
+
     def posterior(self, batch: Batch) -> Structure:
         """q(z | x), batch shape ``(B,)``."""
         return self.latent.posterior(self.encoder(batch["x"]))
@@ -133,71 +139,3 @@ class VAE(LatentVariableModel):
         z = self.prior((x.shape[0],)).sample().to(x.dtype)  # (n, *event): one z per picture
         samples = torch.sigmoid(self.decode(z))
         return {"reconstructions": pairs, "samples": samples}
-
-
-class CategoricalVAE(VAE):
-    """`VAE` with ``CategoricalLatent(num_variables, num_classes)``: the older name and arguments.
-
-    Args:
-        estimator: the gradient estimator of E_q[−log p(x | z)].
-        num_variables: N (20 in Jang et al.).
-        num_classes: K (10 in Jang et al.).
-        input_dim, hidden_sizes, lr, num_importance_samples, val_importance_samples,
-            importance_chunk_size: as for `VAE`.
-    """
-
-    def __init__(
-        self,
-        estimator: Estimator,
-        num_variables: int = 20,
-        num_classes: int = 10,
-        input_dim: int = 784,
-        hidden_sizes: tuple[int, ...] = (512, 256),
-        lr: float = 1e-3,
-        num_importance_samples: int = 1000,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
-    ) -> None:
-        super().__init__(
-            estimator,
-            CategoricalLatent(num_variables, num_classes),
-            input_dim=input_dim,
-            hidden_sizes=hidden_sizes,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
-        )
-
-
-class BernoulliVAE(VAE):
-    """`VAE` with ``BernoulliLatent(num_variables)``: the older name and arguments.
-
-    Args:
-        estimator: the gradient estimator of E_q[−log p(x | z)].
-        num_variables: N bits (200 in Jang et al.).
-        input_dim, hidden_sizes, lr, num_importance_samples, val_importance_samples,
-            importance_chunk_size: as for `VAE`.
-    """
-
-    def __init__(
-        self,
-        estimator: Estimator,
-        num_variables: int = 200,
-        input_dim: int = 784,
-        hidden_sizes: tuple[int, ...] = (512, 256),
-        lr: float = 1e-3,
-        num_importance_samples: int = 1000,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
-    ) -> None:
-        super().__init__(
-            estimator,
-            BernoulliLatent(num_variables),
-            input_dim=input_dim,
-            hidden_sizes=hidden_sizes,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
-        )
