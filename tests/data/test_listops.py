@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import shared_data_candidates
+from zoo.data import DataError
 from zoo.data.listops import (
     VOCABULARY,
     ListOpsDataModule,
@@ -178,7 +179,7 @@ def test_the_generator_is_seeded_unique_and_respects_its_limits() -> None:
     assert all(e.label == evaluate(e.expression) for e in short)
     excluded = generate(50, seed=5, max_length=5, exclude=[e.tokens for e in short])
     assert not {e.tokens for e in excluded} & {e.tokens for e in short}
-    with pytest.raises(ValueError, match="admissible"):
+    with pytest.raises(DataError, match="admissible"):
         generate(20, seed=0, max_length=1)  # only ten digits exist
     with pytest.raises(ValueError, match="operator_prob"):
         generate(5, operator_prob=1.0)
@@ -201,7 +202,7 @@ def test_the_generator_is_seeded_unique_and_respects_its_limits() -> None:
 def test_the_reader_names_the_bad_line(tmp_path, line: str, message: str) -> None:
     path = tmp_path / "bad.tsv"
     path.write_text(f"1\t( ( ( [SM 6 ) 5 ) ] )\n\n{line}\n")
-    with pytest.raises(ValueError, match=f"bad.tsv:3: .*{message}"):
+    with pytest.raises(DataError, match=f"bad.tsv:3: .*{message}"):
         read_tsv(path)
 
 
@@ -258,13 +259,13 @@ def test_a_corrupt_or_truncated_gzip_names_the_file(tmp_path) -> None:
     cut = tmp_path / "cut.tsv.gz"
     cut.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(
-        ValueError,
+        DataError,
         match=r"cut\.tsv\.gz:\d+: cannot read the ListOps file after line \d+ \(EOFError",
     ):
         read_tsv(cut)
     latin = tmp_path / "latin.tsv"
     latin.write_bytes("1\t( ( ( [SM 6 ) 5 ) ] )\n\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin\.tsv:\d+: cannot read .*not UTF-8"):
+    with pytest.raises(DataError, match=r"latin\.tsv:\d+: cannot read .*not UTF-8"):
         read_tsv(latin)
 
 
@@ -277,7 +278,7 @@ def test_an_empty_file_is_an_error_naming_it_and_its_argument(tmp_path, argument
     files = {"test_file": str(good), "train_file": str(good), "val_file": str(good)}
     dm = ListOpsDataModule(**{**files, argument: str(empty)}, batch_size=2)
     with pytest.raises(
-        ValueError, match=rf"empty\.tsv: the ListOps file given as {argument} holds no expression"
+        DataError, match=rf"empty\.tsv: the ListOps file given as {argument} holds no expression"
     ):
         dm.setup(None)
 
@@ -289,7 +290,7 @@ def test_an_empty_generated_set_is_refused_for_fitting_only(tmp_path, size: str)
     test.write_text("1\t( ( ( [SM 6 ) 5 ) ] )\n")
     dm = ListOpsDataModule(test_file=str(test), **{"num_train": 4, "num_val": 2, size: 0})
     for stage in ("fit", "validate"):
-        with pytest.raises(ValueError, match=rf"{size}=0 leaves nothing to (train|validate) on"):
+        with pytest.raises(DataError, match=rf"{size}=0 leaves nothing to (train|validate) on"):
             dm.setup(stage)
     dm.setup("test")  # a datamodule for testing alone needs no generated set
     assert len(dm.test_set) == 1

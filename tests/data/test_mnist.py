@@ -20,7 +20,7 @@ from zoo.data import DataNotFoundError, MNISTDataModule, resolve_data_dir
 from zoo.data import hub as hub_module
 from zoo.data import mnist as mnist_module
 from zoo.estimators import GumbelSoftmax
-from zoo.models import (VAE, CategoricalLatent)
+from zoo.models import VAE, CategoricalLatent
 
 TRAIN_GZ = "mnist/train-images-idx3-ubyte.gz"
 TEST_GZ = "mnist/t10k-images-idx3-ubyte.gz"
@@ -74,10 +74,10 @@ def test_a_dataset_root_that_is_a_file_says_so(monkeypatch, tmp_path):
     message = (
         rf"the dataset root {a_file} \(from the environment variable ZOO_DATA_DIR=.*\) is a file"
     )
-    with pytest.raises(NotADirectoryError, match=message):
+    with pytest.raises(DataNotFoundError, match=message):
         MNISTDataModule(binarization="fixed").prepare_data()
     with pytest.raises(
-        NotADirectoryError, match=r"\(from data_dir=.*\) is a file, not a directory"
+        DataNotFoundError, match=r"\(from data_dir=.*\) is a file, not a directory"
     ):
         resolve_data_dir(str(a_file))
 

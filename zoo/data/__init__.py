@@ -5,7 +5,7 @@ sentences (Universal Dependencies, a synthetic HMM), ListOps, synthetic binary v
 and imports none of them.
 """
 
-from zoo.data.base import DataNotFoundError, resolve_data_dir
+from zoo.data.base import DataError, DataNotFoundError, resolve_data_dir
 from zoo.data.hmm import SyntheticHMMDataModule
 from zoo.data.listops import ListOpsDataModule
 from zoo.data.mnist import MNISTDataModule
@@ -14,6 +14,7 @@ from zoo.data.synthetic import SyntheticBinaryDataModule
 from zoo.data.ud import UDTaggingDataModule
 
 __all__ = [
+    "DataError",
     "DataNotFoundError",
     "ListOpsDataModule",
     "MNISTDataModule",

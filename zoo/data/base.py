@@ -50,6 +50,12 @@ class DataNotFoundError(FileNotFoundError):
     """
 
 
+class DataError(ValueError):
+    """The data is there but cannot be used: a malformed, truncated or empty file, or
+    settings that leave a split without examples. The message names the file (and
+    line) or the argument, and what was expected."""
+
+
 Split = Literal["full", "halves"]
 SPLITS: tuple[str, ...] = ("full", "halves")
 
@@ -66,14 +72,14 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
         The directory as a ``Path`` (``~`` expanded; it need not exist).
 
     Raises:
-        NotADirectoryError: the path names a file, saying where it came from.
+        DataNotFoundError: the path names a file, saying where it came from.
     """
     given = data_dir
     if data_dir is None or str(data_dir) == "":
         data_dir = os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
     root = Path(data_dir).expanduser()
     if root.exists() and not root.is_dir():
-        raise NotADirectoryError(
+        raise DataNotFoundError(
             f"the dataset root {root} ({describe_data_dir(given)}) is a file, not a directory; "
             f"point it at the folder that holds the data sets (layout in data/README.md)"
         )

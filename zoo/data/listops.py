@@ -50,7 +50,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.base import _check_int, describe_data_dir, resolve_data_dir
+from zoo.data.base import (
+    DataError,
+    DataNotFoundError,
+    _check_int,
+    describe_data_dir,
+    resolve_data_dir,
+)
 
 __all__ = [
     "CLOSE",
@@ -355,7 +361,7 @@ def generate(
         if len(tokens) < min_length or len(tokens) > limit or key in seen:
             misses += 1
             if misses > 100 * max(num, 100):
-                raise ValueError(
+                raise DataError(
                     f"generate: found only {len(examples)} of {num} admissible expressions "
                     f"(min_length={min_length}, max_length={max_length}, unique={unique})"
                 )
@@ -395,7 +401,7 @@ def read_tsv(path: str | os.PathLike[str]) -> list[ListOpsExample]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a malformed line, naming the file and the line number; a file
+        DataError: (a ValueError) a malformed line, naming the file and the line number; a file
             that cannot be read (a truncated or corrupt gzip, bytes that are not
             UTF-8), naming the file and the last line read.
     """
@@ -413,11 +419,11 @@ def read_tsv(path: str | os.PathLike[str]) -> list[ListOpsExample]:
                 try:
                     examples.append(parse_line(line))
                 except ValueError as error:
-                    raise ValueError(f"{path}:{number}: {error}: {line.strip()[:80]!r}") from None
+                    raise DataError(f"{path}:{number}: {error}: {line.strip()[:80]!r}") from None
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
         # gzip reads ahead in blocks: the damage lies at or after the line named. The
         # message holds the low-level error, which would otherwise be shown in its place.
-        raise ValueError(
+        raise DataError(
             f"{path}:{number + 1}: cannot read the ListOps file after line {number} "
             f"({type(e).__name__}: {e}); it is truncated, corrupt or not UTF-8 text"
         ) from None
@@ -546,7 +552,7 @@ def _read_split(path: str | os.PathLike[str], argument: str) -> list[ListOpsExam
     """`read_tsv` of a split's file; a file without any expression is an error naming it."""
     examples = read_tsv(path)
     if not examples:
-        raise ValueError(
+        raise DataError(
             f"{Path(path).expanduser()}: the ListOps file given as {argument} holds no "
             f"expression; expected lines 'label<TAB>expression' (is the file empty?)"
         )
@@ -660,7 +666,7 @@ class ListOpsDataModule(L.LightningDataModule):
                 if self.test_file is not None
                 else f"{DEFAULT_TEST_FILE} under the data root {describe_data_dir(self.data_dir)}"
             )
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no ListOps test file at {path} ({where}); give --data.test_file PATH to an "
                 f"official-format TSV (label<TAB>expression), e.g. test_d20s.tsv of nyu-mll/spinn"
             )
@@ -668,7 +674,7 @@ class ListOpsDataModule(L.LightningDataModule):
         if self.test_max_length is not None:
             examples = [e for e in examples if len(e.tokens) <= self.test_max_length]
             if not examples:
-                raise ValueError(
+                raise DataError(
                     f"no expression of {path} has at most test_max_length="
                     f"{self.test_max_length} symbols; raise test_max_length or set it to null"
                 )
@@ -685,7 +691,7 @@ class ListOpsDataModule(L.LightningDataModule):
                 ("num_val", self.num_val, "val_file", "validate"),
             ):
                 if count == 0 and getattr(self, file) is None:
-                    raise ValueError(
+                    raise DataError(
                         f"{size}=0 leaves nothing to {task} on; give {size} ≥ 1 or a {file} "
                         f"(only a datamodule used for testing alone may have {size}=0)"
                     )

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoo.data.base import DataError
+
 __all__ = [
     "BINARIZED_MNIST_FILE",
     "BINARIZED_MNIST_KEYS",
@@ -61,7 +63,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         (magic 2051), ``(N,)`` for labels (magic 2049).
 
     Raises:
-        ValueError: The file is not valid gzip, the magic number is not 2051/2049,
+        DataError: The file is not valid gzip, the magic number is not 2051/2049,
             or the payload length does not match the header (a truncated file);
             the message names the file.
     """
@@ -70,27 +72,27 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         with gzip.open(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(
+        raise DataError(
             f"{path}: not a readable gzip-compressed IDX file ({type(e).__name__}: {e}); "
             f"the file is truncated or corrupt, replace it"
         ) from e
     if len(raw) < 8:
-        raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX header (expected >= 8)")
+        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header (expected >= 8)")
     (magic,) = struct.unpack(">i", raw[:4])
     if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
-        raise ValueError(
+        raise DataError(
             f"{path}: IDX magic number {magic}, expected {IDX_IMAGES_MAGIC} (images) "
             f"or {IDX_LABELS_MAGIC} (labels) of unsigned bytes"
         )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX header of {header} bytes")
+        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header of {header} bytes")
     dims = struct.unpack(f">{ndim}i", raw[4:header])
     expected = int(np.prod(dims, dtype=np.int64))
     payload = len(raw) - header
     if payload != expected:
-        raise ValueError(
+        raise DataError(
             f"{path}: IDX header says shape {tuple(dims)} = {expected} bytes of data, "
             f"but the file holds {payload}; the file is truncated or corrupt"
         )
@@ -101,12 +103,12 @@ def read_mnist_images(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an MNIST IDX image file into an ``(N, 784)`` uint8 array (0..255).
 
     Raises:
-        ValueError: Anything ``read_idx`` rejects, a label file (magic 2049), or
+        DataError: Anything ``read_idx`` rejects, a label file (magic 2049), or
             images that are not 28x28; the message names the file.
     """
     array = read_idx(path)
     if array.ndim != 3 or array.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE) or array.shape[0] < 1:
-        raise ValueError(
+        raise DataError(
             f"{path}: expected MNIST images, an IDX file with magic {IDX_IMAGES_MAGIC} and "
             f"shape (N >= 1, {IMAGE_SIDE}, {IMAGE_SIDE}), got shape {array.shape}"
         )
@@ -121,34 +123,34 @@ def read_binarized_mnist(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         array of 0/1.
 
     Raises:
-        ValueError: Unreadable archive, a key missing, an array that is not
+        DataError: Unreadable archive, a key missing, an array that is not
             ``N x 784``, or values other than 0/1; the message names the file.
     """
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as e:  # OSError, EOFError, zipfile.BadZipFile, ValueError, ...
-        raise ValueError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(
+        raise DataError(
             f"{path}: expected a .npz archive with keys {list(BINARIZED_MNIST_KEYS)}, "
             f"got a single array of shape {getattr(archive, 'shape', None)}"
         )
     with archive:
         missing = [k for k in BINARIZED_MNIST_KEYS if k not in archive.files]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{path}: missing key(s) {missing}; expected keys {list(BINARIZED_MNIST_KEYS)}, "
                 f"found {archive.files}"
             )
         try:
             arrays = {k: archive[k] for k in BINARIZED_MNIST_KEYS}
         except Exception as e:
-            raise ValueError(f"{path}: cannot read an array ({type(e).__name__}: {e})") from e
+            raise DataError(f"{path}: cannot read an array ({type(e).__name__}: {e})") from e
     out = {}
     for key, array in arrays.items():
         if array.ndim != 2 or array.shape[1] != NUM_PIXELS or array.shape[0] < 1:
-            raise ValueError(
+            raise DataError(
                 f"{path}: array {key!r} has shape {array.shape}, expected (N >= 1, {NUM_PIXELS})"
             )
         if array.dtype == np.uint8 or array.dtype == np.bool_:
@@ -158,7 +160,7 @@ def read_binarized_mnist(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         else:
             binary = False
         if not binary:
-            raise ValueError(
+            raise DataError(
                 f"{path}: array {key!r} (dtype {array.dtype}) holds values other than 0 and 1"
             )
         out[key] = array.astype(np.uint8, copy=False)

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import (
     ENV_DATA_DIR,
+    DataError,
     DataNotFoundError,
     collate_batch,
     describe_data_dir,
@@ -90,9 +91,9 @@ def read_mnist_labels(path: str | Path) -> np.ndarray:
     """
     array = read_idx(path)
     if array.ndim != 1 or array.shape[0] < 1:
-        raise ValueError(f"{path}: expected MNIST labels of shape (N >= 1,), got {array.shape}")
+        raise DataError(f"{path}: expected MNIST labels of shape (N >= 1,), got {array.shape}")
     if int(array.max()) >= NUM_CLASSES:
-        raise ValueError(f"{path}: labels must be digits 0..9, found {int(array.max())}")
+        raise DataError(f"{path}: labels must be digits 0..9, found {int(array.max())}")
     return array
 
 
@@ -338,7 +339,7 @@ class SemiSupervisedMNISTDataModule(L.LightningDataModule):
         for split in ("train", "test"):
             n_x, n_y = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
             if n_x != n_y:
-                raise ValueError(f"MNIST {split}: {n_x} images but {n_y} labels")
+                raise DataError(f"MNIST {split}: {n_x} images but {n_y} labels")
         return arrays
 
     def _load_hub(self) -> dict[str, np.ndarray]:

@@ -42,7 +42,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
-from zoo.data.base import DataNotFoundError, _check_int, describe_data_dir, resolve_data_dir
+from zoo.data.base import (
+    DataError,
+    DataNotFoundError,
+    _check_int,
+    describe_data_dir,
+    resolve_data_dir,
+)
 from zoo.data.hub import probe_hub
 
 __all__ = [
@@ -127,7 +133,7 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a malformed line (not 10 tab-separated columns, a bad ID, IDs
+        DataError: (a ValueError) a malformed line (not 10 tab-separated columns, a bad ID, IDs
             out of order, an empty FORM, a sentence without words), naming the
             file and line number; a file that cannot be read (a truncated or
             corrupt gzip, bytes that are not UTF-8), naming the file and the
@@ -141,8 +147,8 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
     start = 1
     lineno = 0
 
-    def error(lineno: int, message: str) -> ValueError:
-        return ValueError(f"{path}:{lineno}: malformed CoNLL-U: {message}")
+    def error(lineno: int, message: str) -> DataError:
+        return DataError(f"{path}:{lineno}: malformed CoNLL-U: {message}")
 
     def finish(lineno: int) -> None:
         nonlocal current
@@ -193,7 +199,7 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
         # gzip reads ahead in blocks: the damage lies at or after the line named. The
         # message holds the low-level error, which would otherwise be shown in its place.
-        raise ValueError(
+        raise DataError(
             f"{path}:{lineno + 1}: cannot read the CoNLL-U file after line {lineno} "
             f"({type(e).__name__}: {e}); it is truncated, corrupt or not UTF-8 text"
         ) from None
@@ -478,8 +484,9 @@ class UDTaggingDataModule(TaggingDataModule):
     Raises:
         DataNotFoundError: no local files and no reachable hub (the message lists the paths
             tried), or a folder with some of the treebank's split files but not all (named).
-        ValueError: bad arguments; a malformed CoNLL-U line or an unreadable file (file and
-            line named); a split without sentences, or a ``max_train_length`` that keeps none.
+        ValueError: bad arguments.
+        DataError: a malformed CoNLL-U line or an unreadable file (file and line named); a
+            split without sentences, or a ``max_train_length`` that keeps none.
     """
 
     def __init__(
@@ -574,7 +581,7 @@ class UDTaggingDataModule(TaggingDataModule):
         self.sentences = self._read()
         for split, sentences in self.sentences.items():
             if not sentences:
-                raise ValueError(
+                raise DataError(
                     f"{self.sources[split]}: the {split} split of UD treebank {self.treebank!r} "
                     f"has no sentence; expected at least one CoNLL-U sentence (is the file empty?)"
                 )
@@ -583,7 +590,7 @@ class UDTaggingDataModule(TaggingDataModule):
             train = [s for s in train if len(s) <= self.max_train_length]
             if not train:
                 shortest = min(len(s) for s in self.sentences["train"])
-                raise ValueError(
+                raise DataError(
                     f"max_train_length={self.max_train_length} keeps no training sentence of "
                     f"{self.sources['train']} (the shortest has {shortest} words); raise it or "
                     f"set it to null"
@@ -605,7 +612,7 @@ class UDTaggingDataModule(TaggingDataModule):
             for s in sentences:
                 bad = [t for t in s.upos if t not in upos_ids.index]
                 if bad:
-                    raise ValueError(
+                    raise DataError(
                         f"{self.treebank} {split}: UPOS tag {bad[0]!r} is not one of {UPOS_TAGS}"
                     )
                 gold = {"upos": upos_ids.encode(s.upos), "xpos": xpos_ids.encode(s.xpos)}
