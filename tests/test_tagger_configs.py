@@ -137,7 +137,7 @@ def test_synthetic_group_file_fit_test_and_predict(tmp_path, monkeypatch) -> Non
     cli = ZooCLI(["test", *common, f"--ckpt_path={ckpt}"])
     assert float(cli.trainer.callback_metrics["test/nll"]) > 0
     out = tmp_path / "tags.conllu"
-    writer = ["--trainer.callbacks+=zoo.models.tagger.InducedTagWriter",
+    writer = ["--trainer.callbacks+=zoo.callbacks.InducedTagWriter",
               f"--trainer.callbacks.output_path={out}"]  # fmt: skip
     ZooCLI(["predict", *common, *writer, f"--ckpt_path={ckpt}"])
     blocks = out.read_text().strip().split("\n\n")

@@ -271,7 +271,7 @@ def test_train_py_predict_writes_the_sentences_in_file_order(tmp_path: Path, mon
         "predict", "--config", str(config), "--data.treebank=xx", f"--data.data_dir={tmp_path}",
         "--data.min_count=1", "--data.batch_size=4", "--model.num_tags=3",
         "--model.embedding_dim=8", "--model.hidden_size=8", *quiet_trainer_args(),
-        "--trainer.callbacks+=zoo.models.tagger.InducedTagWriter",
+        "--trainer.callbacks+=zoo.callbacks.InducedTagWriter",
         f"--trainer.callbacks.output_path={out}",
     ])  # fmt: skip
     written = read_conllu(out)

@@ -10,7 +10,7 @@ from zoo.estimators.baselines import (
     LeaveOneOutBaseline,
     MovingAverageBaseline,
 )
-from zoo.estimators.exact import Exact
+from zoo.estimators.exact import Exact, MarginalExpectation
 from zoo.estimators.gapped import GappedStraightThrough
 from zoo.estimators.reinforce import Reinforce
 from zoo.estimators.reinmax import ReinMax
@@ -42,6 +42,7 @@ __all__ = [
     "GumbelSoftmax",
     "LearnedBaseline",
     "LeaveOneOutBaseline",
+    "MarginalExpectation",
     "MovingAverageBaseline",
     "PathwiseEstimator",
     "PerturbAndMAP",

@@ -29,7 +29,8 @@ is Σ_u U + (N_u/N_l) Σ_l L + α·N_u · mean_l[−log q]: α = 0.1 is Kingma e
 α_K = 0.1·N (up to N/N_u), α = 0.1·N_u/N_l (≈ 50 with 100 labels, common in
 reimplementations) keeps J^α's ratio of the classification loss to the labelled
 bound, and the default α = 500 ≈ N_u/N_l is the largest of the weights measured
-in ``docs/m2.md``, the one whose classifier does not drift in a CPU budget.
+in ``docs/m2.md``, the only one whose classifier kept what the labels teach over
+the first 4,000 steps (smaller α let the unlabelled bound pull it down).
 
 The expectation over y is the injected estimator's: ``Exact()`` marginalizes
 (K decoder passes per image, what Kingma et al. do), ``GumbelSoftmax`` /

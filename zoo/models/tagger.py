@@ -42,18 +42,16 @@ and the cluster × gold confusion matrix as an image at every validation.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from zoo.config import Configurable, from_config
-from zoo.estimators import Estimate, Estimator
+from zoo.estimators import Estimate, Estimator, MarginalExpectation
 from zoo.metrics.clustering import (
     ContingencyMetric,
     ManyToOneAccuracy,
@@ -67,10 +65,8 @@ from zoo.structures import LinearChainCRF, Structure
 __all__ = [
     "ChainTagger",
     "HMMEmission",
-    "InducedTagWriter",
     "LSTMDecoder",
     "LSTMTagger",
-    "MarginalExpectation",
     "BiLSTMEncoder",
     "ChainEncoder",
     "ConvEncoder",
@@ -124,27 +120,6 @@ def chain_tags(z: Tensor) -> Tensor:
 def _inner(z: Tensor, theta: Tensor) -> Tensor:
     """⟨z, θ⟩ over ``(N, C, C)``; parts with z = 0 count 0 even where θ = −∞."""
     return (torch.where(z != 0, theta, 0.0) * z).sum((-3, -2, -1))
-
-
-# ----------------------------------------------------------------------------- estimator
-class MarginalExpectation(Estimator):
-    """E_q[f(z)] = f(μ_q) for a cost f affine in z: exact value and gradient, no sampling.
-
-    The exact mode of the HMM tagger, whose cost −log p(x | z) = −Σ_n ⟨z_n,
-    log B(·, x_n)⟩ is linear in the chain parts. For any other cost it is
-    wrong, and the models whose cost is not affine refuse it.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(num_samples=1)
-
-    def forward(self, q: Structure, cost_fn: Any) -> Estimate:
-        z = q.marginals().unsqueeze(0)  # (1, *batch, *event)
-        cost = self.evaluate(cost_fn, z, q)[0]
-        return Estimate(z=z, cost=cost.detach(), surrogate=cost)
-
-    def extra_repr(self) -> str:
-        return ""
 
 
 # ----------------------------------------------------------------------------- parts
@@ -1063,42 +1038,3 @@ def confusion_figure(confusion: Tensor, gold: str, names: Sequence[str] | None =
     axes.set_title(f"p(gold | cluster), M-1 = {float(many_to_one(confusion)):.3f}")
     figure.tight_layout()
     return figure
-
-
-# ----------------------------------------------------------------------------- predict
-class InducedTagWriter(BasePredictionWriter):
-    """``predict`` writes CoNLL-U: every sentence as read, with ``Tag=<cluster>`` added to MISC.
-
-    Sentences without their CoNLL-U lines (synthetic data) get minimal lines
-    (ID, FORM and the cluster in MISC).
-
-    Args:
-        output_path: the CoNLL-U file to write (its folder is created).
-        key: the MISC key of the induced tag.
-    """
-
-    def __init__(self, output_path: str = "predictions.conllu", key: str = "Tag") -> None:
-        super().__init__(write_interval="batch")
-        self.output_path = output_path
-        self.key = key
-        self._started = False
-
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.output_path)), exist_ok=True)
-        open(self.output_path, "w", encoding="utf-8").close()
-
-    def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
-                           batch: Any, batch_idx: int, dataloader_idx: int) -> None:  # fmt: skip
-        from zoo.data.ud import Sentence
-
-        with open(self.output_path, "a", encoding="utf-8") as handle:
-            tags = prediction["tags"].cpu()
-            sentences = prediction.get("sentences") or [None] * len(prediction["words"])
-            for i, (words, sentence) in enumerate(zip(prediction["words"], sentences, strict=True)):
-                if sentence is None:
-                    rows = [[str(n + 1), w, *("_" * 8)] for n, w in enumerate(words)]
-                    sentence = Sentence(
-                        rows=rows, words=list(words), word_rows=list(range(len(words)))
-                    )
-                items = [f"{self.key}={int(t)}" for t in tags[i, : len(words)]]
-                handle.write(sentence.to_conllu(items))
