@@ -30,7 +30,7 @@ is Σ_u U + (N_u/N_l) Σ_l L + α·N_u · mean_l[−log q]: α = 0.1 is Kingma e
 reimplementations) keeps J^α's ratio of the classification loss to the labelled
 bound, and the default α = 500 ≈ N_u/N_l is the largest of the weights measured
 in ``docs/m2.md``, the only one whose classifier kept what the labels teach over
-the first 4,000 steps (smaller α let the unlabelled bound pull it down).
+the first 3,000 steps (smaller α let the unlabelled bound pull it down).
 
 The expectation over y is the injected estimator's: ``Exact()`` marginalizes
 (K decoder passes per image, what Kingma et al. do), ``GumbelSoftmax`` /
