@@ -43,6 +43,7 @@ from zoo.estimators import (
     GumbelCRF,
     GumbelSoftmax,
     LeaveOneOutBaseline,
+    MarginalExpectation,
     MovingAverageBaseline,
     PerturbAndMAP,
     Reinforce,
@@ -51,7 +52,6 @@ from zoo.estimators import (
 from zoo.models.tagger import (
     HMMPosterior,
     LSTMTagger,
-    MarginalExpectation,
     NeuralHMMTagger,
 )
 

@@ -35,11 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zoo.data.hmm import SyntheticHMMDataModule
 from zoo.data.ud import UDTaggingDataModule
-from zoo.estimators import GumbelCRF, LeaveOneOutBaseline, Reinforce, StraightThrough
+from zoo.estimators import (
+    GumbelCRF,
+    LeaveOneOutBaseline,
+    MarginalExpectation,
+    Reinforce,
+    StraightThrough,
+)
 from zoo.metrics.clustering import many_to_one
 from zoo.models.tagger import (
     HMMPosterior,
-    MarginalExpectation,
     NeuralHMMTagger,
     chain_tags,
 )

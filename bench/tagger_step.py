@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zoo.data.ud import UDTaggingDataModule
-from zoo.estimators import GumbelCRF, LeaveOneOutBaseline, Reinforce
-from zoo.models.tagger import HMMPosterior, MarginalExpectation, NeuralHMMTagger
+from zoo.estimators import GumbelCRF, LeaveOneOutBaseline, MarginalExpectation, Reinforce
+from zoo.models.tagger import HMMPosterior, NeuralHMMTagger
 
 SETTINGS = {
     "marginal-likelihood": None,

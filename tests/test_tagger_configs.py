@@ -22,6 +22,7 @@ from zoo.estimators import (
     GumbelCRF,
     GumbelSoftmax,
     LeaveOneOutBaseline,
+    MarginalExpectation,
     MovingAverageBaseline,
     PerturbAndMAP,
     Reinforce,
@@ -30,7 +31,6 @@ from zoo.estimators import (
 from zoo.models.tagger import (
     HMMPosterior,
     LSTMTagger,
-    MarginalExpectation,
     NeuralHMMTagger,
 )
 

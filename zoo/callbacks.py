@@ -1,4 +1,4 @@
-r"""Callbacks: temperature annealing and pictures for TensorBoard.
+r"""Callbacks: temperature annealing, curricula, pictures for TensorBoard, prediction files.
 
 * `TemperatureAnnealing`: Jang et al. (2017)'s schedule
   τ = max(τ_min, τ₀ · exp(−r · t)) at training step t, set every N steps on
@@ -7,6 +7,7 @@ r"""Callbacks: temperature annealing and pictures for TensorBoard.
   completions) as image grids in TensorBoard after every validation.
 * `LengthCurriculum`: training expressions up to a first length until a
   validation metric passes a threshold, then up to the next length, ...
+* `InducedTagWriter`: ``predict`` writes the tagger's induced tags into CoNLL-U.
 * `ZooProgressBar`: Lightning's progress bar, drawn every N training steps
   but after every validation and test batch, so a slow evaluation (the test's
   importance-sampled likelihood with m = 1000) shows its time left.
@@ -16,19 +17,22 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from zoo.data.ud import Sentence
 from zoo.estimators import Estimator
 from zoo.models.components import image_grid
 
 __all__ = [
+    "InducedTagWriter",
     "LengthCurriculum",
     "SampleImages",
     "TemperatureAnnealing",
@@ -466,3 +470,39 @@ class ZooCheckpoint(ModelCheckpoint):
             f"Training stopped {why} at step {trainer.global_step}; saved {self.last_model_path}. "
             "Resume with the same command plus --ckpt_path last."
         )
+
+
+class InducedTagWriter(BasePredictionWriter):
+    """``predict`` writes CoNLL-U: every sentence as read, with ``Tag=<cluster>`` added to MISC.
+
+    Sentences without their CoNLL-U lines (synthetic data) get minimal lines
+    (ID, FORM and the cluster in MISC).
+
+    Args:
+        output_path: the CoNLL-U file to write (its folder is created).
+        key: the MISC key of the induced tag.
+    """
+
+    def __init__(self, output_path: str = "predictions.conllu", key: str = "Tag") -> None:
+        super().__init__(write_interval="batch")
+        self.output_path = output_path
+        self.key = key
+        self._started = False
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.output_path)), exist_ok=True)
+        open(self.output_path, "w", encoding="utf-8").close()
+
+    def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
+                           batch: Any, batch_idx: int, dataloader_idx: int) -> None:  # fmt: skip
+        with open(self.output_path, "a", encoding="utf-8") as handle:
+            tags = prediction["tags"].cpu()
+            sentences = prediction.get("sentences") or [None] * len(prediction["words"])
+            for i, (words, sentence) in enumerate(zip(prediction["words"], sentences, strict=True)):
+                if sentence is None:
+                    rows = [[str(n + 1), w, *("_" * 8)] for n, w in enumerate(words)]
+                    sentence = Sentence(
+                        rows=rows, words=list(words), word_rows=list(range(len(words)))
+                    )
+                items = [f"{self.key}={int(t)}" for t in tags[i, : len(words)]]
+                handle.write(sentence.to_conllu(items))

@@ -25,13 +25,12 @@ from zoo.cli import ZooCLI
 from zoo.data.hmm import SyntheticHMMDataModule
 from zoo.data.listops import ListOpsDataModule
 from zoo.data.semi_supervised import SemiSupervisedMNISTDataModule
-from zoo.estimators import Reinforce, StraightThrough
+from zoo.estimators import MarginalExpectation, Reinforce, StraightThrough
 from zoo.models import (
     ConvEncoder,
     HMMPosterior,
     LatentTreeClassifier,
     LatentVariableModel,
-    MarginalExpectation,
     NeuralHMMTagger,
 )
 from zoo.models.m2 import M2

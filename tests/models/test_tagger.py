@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from tests.models.cases import quiet_trainer
-from zoo.callbacks import ValidationFigures
+from zoo.callbacks import InducedTagWriter, ValidationFigures
 from zoo.data.hmm import SyntheticHMMDataModule
 from zoo.estimators import (
     Exact,
     GumbelCRF,
     GumbelSoftmax,
     LeaveOneOutBaseline,
+    MarginalExpectation,
     MovingAverageBaseline,
     PerturbAndMAP,
     Reinforce,
@@ -24,9 +25,7 @@ from zoo.estimators import (
 )
 from zoo.models.tagger import (
     HMMPosterior,
-    InducedTagWriter,
     LSTMTagger,
-    MarginalExpectation,
     NeuralHMMTagger,
     chain_potentials,
     chain_tags,

@@ -9,10 +9,10 @@ import torch
 
 from tests.models.cases import quiet_trainer
 from zoo.data.hmm import SyntheticHMMDataModule
+from zoo.estimators import MarginalExpectation
 from zoo.models.tagger import (
     WORD_FEATURES,
     HMMPosterior,
-    MarginalExpectation,
     NeuralHMMTagger,
     word_features,
 )

@@ -10,9 +10,9 @@ from torch.distributions import kl_divergence
 
 from tests.models.cases import quiet_trainer
 from zoo.data.hmm import SyntheticHMMDataModule
-from zoo.estimators import GumbelCRF
+from zoo.estimators import GumbelCRF, MarginalExpectation
 from zoo.metrics.clustering import many_to_one
-from zoo.models.tagger import ChainTagger, MarginalExpectation, NeuralHMMTagger, chain, chain_tags
+from zoo.models.tagger import ChainTagger, NeuralHMMTagger, chain, chain_tags
 
 
 def _grads(model, loss, params) -> list[torch.Tensor]:
