@@ -1,4 +1,4 @@
-"""python -m zoo.compare end to end on tiny synthetic data: CSV, markdown and PNG files; reruns skip."""
+"""python -m zoo.lab.compare end to end on tiny synthetic data: CSV, markdown and PNG files; reruns skip."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoo.compare import main, parse_settings
+from zoo.lab.compare import main, parse_settings
 from zoo.lab.events import Series, over_seeds
 
 BASE = """

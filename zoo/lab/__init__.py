@@ -2,8 +2,8 @@
 
 * `GradientStatistics`: a Lightning callback logging ``grad/variance``, ``grad/snr``,
   ``grad/cosine`` and ``grad/bias`` of the model's estimator (`zoo.lab.statistics`).
-* ``python -m zoo.compare``: configs × estimators × seeds → ``results.csv``, ``results.md``
-  and plots (`zoo.compare`, reading the runs back with `zoo.lab.events`).
+* ``python -m zoo.lab.compare``: configs × estimators × seeds → ``results.csv``, ``results.md``
+  and plots (`zoo.lab.compare`, reading the runs back with `zoo.lab.events`).
 """
 
 from zoo.lab.checkpoint import FinalCheckpoint

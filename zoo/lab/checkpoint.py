@@ -2,7 +2,7 @@
 
 Lightning's `ModelCheckpoint` writes ``last.ckpt`` at validation or epoch ends,
 so a run stopped by ``max_steps`` or ``max_time`` between two of them keeps the
-weights of an earlier step. ``python -m zoo.compare`` adds this callback so that
+weights of an earlier step. ``python -m zoo.lab.compare`` adds this callback so that
 each run's ``last.ckpt`` holds the final weights and step: what ``--test``
 evaluates and what the table reports.
 """

@@ -1,6 +1,6 @@
 """Read runs back from their TensorBoard event files, and summarise them over seeds.
 
-A run's directory (``lightning_logs/<family>/version_N``, or what ``zoo.compare``
+A run's directory (``lightning_logs/<family>/version_N``, or what ``zoo.lab.compare``
 writes) holds one or more event files (a resumed run, a later ``test``);
 `read_scalars` merges them into one `Series` per tag, keeping the last value
 logged at each step. `over_seeds` puts several runs of one setting on common

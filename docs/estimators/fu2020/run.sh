@@ -5,7 +5,7 @@
 # on a quiet 2-core machine; resumable); REPORT=--report rewrites the tables and plots of what has finished.
 set -e
 D=docs/estimators/fu2020
-run() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python -m zoo.compare --config $D/base.yaml \
+run() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python -m zoo.lab.compare --config $D/base.yaml \
   --seeds "${SEEDS:-1}" --jobs "${JOBS:-1}" --max_steps 1000 --threads 1 $REPORT "$@"; }
 run --out lightning_logs/compare/fu2020-soft --estimators \
   $D/soft-t0.1.yaml $D/soft-t0.5.yaml $D/soft-t1.yaml $D/soft-t2.yaml $D/soft-t5.yaml $D/soft-annealed.yaml

@@ -50,7 +50,7 @@ def test_nll(run: Path, samples: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="the --out folder of a zoo.compare run")
+    parser.add_argument("out", type=Path, help="the --out folder of a zoo.lab.compare run")
     parser.add_argument("--samples", type=int, default=100, help="m, importance samples")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()

@@ -12,7 +12,7 @@
 # would). Its grad/ columns measure the gradient of its own bound (its bias is 0 in expectation).
 set -e
 E=configs/estimator
-run() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python -m zoo.compare \
+run() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python -m zoo.lab.compare \
   --seeds "${SEEDS:-1}" --max_steps "${STEPS:-1000}" --threads 1 --grad_every 250 --test $REPORT "$@" \
   -- --trainer.val_check_interval=250 --trainer.limit_val_batches=10 --trainer.log_every_n_steps=25 \
   --model.num_importance_samples=0 --trainer.enable_progress_bar=false --trainer.enable_model_summary=false; }

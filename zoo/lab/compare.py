@@ -1,8 +1,8 @@
-"""Compare estimators on one experiment: ``python -m zoo.compare``.
+"""Compare estimators on one experiment: ``python -m zoo.lab.compare``.
 
 One base config × a list of settings × seeds × a step or time budget:
 
-    python -m zoo.compare --config configs/vae/categorical-gumbel.yaml \\
+    python -m zoo.lab.compare --config configs/vae/categorical-gumbel.yaml \\
         --estimators configs/estimator/gumbel.yaml configs/estimator/reinforce-loo.yaml \\
         --seeds 3 --max_steps 2000 --out comparisons/vae -- --trainer.val_check_interval=500
 
@@ -473,7 +473,7 @@ def _curve_tags(bands: dict[str, dict[str, Band]]) -> list[str]:
 # -------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m zoo.compare",
+        prog="python -m zoo.lab.compare",
         description="Compare estimators (or config overlays) on one experiment over seeds; "
         "arguments after -- go to every train.py run.",
     )
@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a comparison; the exit status is 1 when a run failed, 0 otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "python -m zoo.compare " + " ".join(argv)
+    command = "python -m zoo.lab.compare " + " ".join(argv)
     overrides: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
