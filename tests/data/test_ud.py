@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import EWT_FILES, find_data_dir
-from zoo.data import DataNotFoundError
+from zoo.data import DataError, DataNotFoundError
 from zoo.data.ud import UPOS_TAGS, BucketBatchSampler, UDTaggingDataModule, Vocabulary, read_conllu
 
 DATA = find_data_dir(EWT_FILES)
@@ -75,15 +75,15 @@ def test_malformed_lines_name_file_and_line(
     tmp_path: Path, line: str, lineno: int, message: str
 ) -> None:
     path = write(tmp_path, f"# sent_id = a\n{line}\n\n")
-    with pytest.raises(ValueError, match=rf"x\.conllu:{lineno}: malformed CoNLL-U: .*{message}"):
+    with pytest.raises(DataError, match=rf"x\.conllu:{lineno}: malformed CoNLL-U: .*{message}"):
         read_conllu(path)
 
 
 def test_comment_inside_a_sentence_and_sentence_without_words(tmp_path: Path) -> None:
     row = "1\tDo\tdo\tAUX\tVBP\t_\t3\taux\t_\t_"
-    with pytest.raises(ValueError, match=r"x\.conllu:3: .*comment line after"):
+    with pytest.raises(DataError, match=r"x\.conllu:3: .*comment line after"):
         read_conllu(write(tmp_path, f"{row}\n{row.replace('1', '2', 1)}\n# late\n\n"))
-    with pytest.raises(ValueError, match=r"x\.conllu:1: .*without any word"):
+    with pytest.raises(DataError, match=r"x\.conllu:1: .*without any word"):
         read_conllu(write(tmp_path, "1-2\tDon't\t_\t_\t_\t_\t_\t_\t_\t_\n\n"))
 
 
@@ -204,7 +204,7 @@ def test_an_empty_split_file_is_an_error_naming_it(tmp_path: Path, split: str) -
     (folder / f"xx-ud-{split}.conllu").write_text("", encoding="utf-8")
     dm = UDTaggingDataModule(treebank="xx", data_dir=str(tmp_path))
     with pytest.raises(
-        ValueError,
+        DataError,
         match=rf"xx-ud-{split}\.conllu: the {split} split of UD treebank 'xx' has no sentence",
     ):
         dm.setup()
@@ -214,7 +214,7 @@ def test_a_length_cut_that_keeps_no_training_sentence_is_an_error(tmp_path: Path
     write_treebank(tmp_path, [4, 6, 5])
     dm = UDTaggingDataModule(treebank="xx", data_dir=str(tmp_path), max_train_length=3)
     with pytest.raises(
-        ValueError,
+        DataError,
         match=r"max_train_length=3 keeps no training sentence of .*xx-ud-train\.conllu \(the shortest has 4 words\)",
     ):
         dm.setup()
@@ -226,18 +226,18 @@ def test_a_corrupt_or_truncated_gzip_names_the_file(tmp_path: Path) -> None:
     truncated = tmp_path / "cut.conllu.gz"
     truncated.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(
-        ValueError,
+        DataError,
         match=r"cut\.conllu\.gz:\d+: cannot read the CoNLL-U file after line \d+ \(EOFError",
     ):
         read_conllu(truncated)
     not_gzip = tmp_path / "plain.conllu.gz"
     not_gzip.write_text(GOOD, encoding="utf-8")
-    with pytest.raises(ValueError, match=r"plain\.conllu\.gz:1: cannot read .*BadGzipFile"):
+    with pytest.raises(DataError, match=r"plain\.conllu\.gz:1: cannot read .*BadGzipFile"):
         read_conllu(not_gzip)
     latin = tmp_path / "latin.conllu"
     latin.write_bytes(GOOD.replace("Hi", "H\u00e9").encode("latin-1"))
     with pytest.raises(
-        ValueError, match=r"latin\.conllu:\d+: cannot read .*UnicodeDecodeError.*not UTF-8"
+        DataError, match=r"latin\.conllu:\d+: cannot read .*UnicodeDecodeError.*not UTF-8"
     ):
         read_conllu(latin)
     with pytest.raises(FileNotFoundError, match="no CoNLL-U file at .*absent.conllu"):
