@@ -1,4 +1,4 @@
-"""Train, validate and test the zoo's models: ``python train.py fit --config configs/vae/categorical-gumbel.yaml``."""
+"""Train, validate and test the zoo's models: ``python train.py fit --config configs/vae/categorical.yaml``."""
 
 from zoo.cli import main
 

@@ -268,3 +268,13 @@ def test_vimco_still_trains_the_vae(in_tmp) -> None:
                   *quiet_trainer_args(), "--trainer.max_steps=1"])  # fmt: skip
     assert isinstance(cli.model.estimator, VIMCO)
     assert isinstance(cli.trainer, L.Trainer) and ConfigError
+
+
+def test_an_empty_listops_file_is_one_line(in_tmp, capsys) -> None:
+    empty = in_tmp / "empty.tsv"
+    empty.write_text("")
+    config = ROOT / "configs" / "listops" / "dependency.yaml"
+    args = ["fit", "--config", str(config), f"--data.val_file={empty}", "--data.num_train=8",
+            "--trainer.max_steps=1", *quiet_trainer_args()]  # fmt: skip
+    line = one_line_error(capsys, args)
+    assert "empty.tsv" in line

@@ -73,7 +73,7 @@ import zoo.data
 import zoo.estimators
 import zoo.models
 from zoo.callbacks import TemperatureAnnealing, ZooCheckpoint, ZooProgressBar
-from zoo.data import DataNotFoundError
+from zoo.data import DataError, DataNotFoundError
 from zoo.estimators.compatibility import (
     IncompatibleEstimatorError,
     check_estimator,
@@ -541,7 +541,7 @@ def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
     """Run the zoo's command line; ``args`` as after ``train.py`` (None: ``sys.argv``).
 
     A `ConfigError` (a value a constructor rejected, say
-    ``--model.estimator.temperature=0``), a `zoo.data.DataNotFoundError` or a
+    ``--model.estimator.temperature=0``), a `zoo.data.DataNotFoundError`, a `zoo.data.DataError` (an empty or malformed file) or a
     trainer setting Lightning refuses ends the program with its message alone
     and exit status 2; ``ZOO_TRACEBACK=1`` raises it with its traceback.
 
@@ -557,7 +557,7 @@ def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
     """
     try:
         cli = ZooCLI(args=args, run=run)
-    except (ConfigError, DataNotFoundError, MisconfigurationException) as error:
+    except (ConfigError, DataError, DataNotFoundError, MisconfigurationException) as error:
         if _full_errors():
             raise
         sys.stderr.write(f"error: {error}\n({TRACEBACK_ENV}=1 shows the traceback)\n")

@@ -34,7 +34,7 @@ def test_the_variant_is_a_config(tmp_path) -> None:
     assert type(model) is VAE and type(model.latent) is ChainLatent
     assert (model.latent.num_variables, model.latent.num_states) == (8, 5)
     # The command-line form of the same change.
-    chain = str(ROOT / "configs" / "vae" / "chain-gumbel.yaml")
+    chain = str(ROOT / "configs" / "vae" / "chain.yaml")
     flag = "--model.latent.init_args.num_states=5"
     assert ZooCLI(["--config", chain, flag], run=False).model.latent.num_states == 5
 

@@ -16,10 +16,10 @@ run() { OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 python -m zoo.lab.compare
   --seeds "${SEEDS:-1}" --max_steps "${STEPS:-1000}" --threads 1 --grad_every 250 --test $REPORT "$@" \
   -- --trainer.val_check_interval=250 --trainer.limit_val_batches=10 --trainer.log_every_n_steps=25 \
   --model.num_importance_samples=0 --trainer.enable_progress_bar=false --trainer.enable_model_summary=false; }
-run --config configs/vae/categorical-straight-through.yaml --out "lightning_logs/compare/jang2017-vae-${STEPS:-1000}" --estimators \
+run --config configs/vae/categorical.yaml --out "lightning_logs/compare/jang2017-vae-${STEPS:-1000}" --estimators \
   $E/straight-through.yaml $E/st-gumbel.yaml $E/gumbel.yaml $E/factorized/gumbel-rao.yaml \
   $E/reinforce-ema.yaml $E/reinforce-learned.yaml $E/reinforce-loo.yaml $E/factorized/unordered-set.yaml \
   $E/joint-nll/vimco.yaml
-run --config configs/sbn/bernoulli-straight-through.yaml --out "lightning_logs/compare/jang2017-sbn-${STEPS:-1000}" --estimators \
+run --config configs/sbn/bernoulli.yaml --out "lightning_logs/compare/jang2017-sbn-${STEPS:-1000}" --estimators \
   $E/straight-through.yaml $E/st-gumbel.yaml $E/gumbel.yaml $E/factorized/gumbel-rao.yaml \
   $E/reinforce-ema.yaml $E/reinforce-learned.yaml $E/reinforce-loo.yaml $E/bernoulli/arm.yaml $E/bernoulli/disarm.yaml
