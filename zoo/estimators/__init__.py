@@ -2,7 +2,7 @@
 
 from zoo.config import Configurable, from_config
 from zoo.estimators.arm import ARM, DisARM
-from zoo.estimators.base import CostFn, Estimate, Estimator, TemperedEstimator
+from zoo.estimators.base import CostFn, Estimate, Estimator, TemperedEstimator, as_estimator
 from zoo.estimators.baselines import (
     Baseline,
     GreedyBaseline,
@@ -53,5 +53,6 @@ __all__ = [
     "TemperedEstimator",
     "UnorderedSetReinforce",
     "VIMCO",
+    "as_estimator",
     "from_config",
 ]

@@ -42,8 +42,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from zoo.config import Configurable, as_estimator
-from zoo.estimators import Estimate, Estimator
+from zoo.config import Configurable
+from zoo.estimators import Estimate, Estimator, as_estimator
 from zoo.structures import Structure
 
 __all__ = ["Batch", "LatentVariableModel", "Step"]

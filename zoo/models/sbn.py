@@ -49,8 +49,7 @@ import copy
 import torch
 from torch import Tensor
 
-from zoo.config import as_estimator
-from zoo.estimators import Estimator
+from zoo.estimators import Estimator, as_estimator
 from zoo.models.base import Batch, LatentVariableModel
 from zoo.models.components import MLP, bernoulli_nll
 from zoo.models.latent import Latent, as_latent, upgrade_latent
