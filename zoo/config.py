@@ -2,30 +2,33 @@
 
 A `Configurable` object remembers the arguments it was built with, so
 ``init_config()`` can describe it in the form LightningCLI writes (and reads)
-and `from_config` can build it again. Nothing here is specific to
-estimators: estimators and baselines are the configurables of the zoo today.
-Models store their estimators' configs among their hyperparameters: a
-checkpoint then holds only plain values and loads with ``torch.load``'s safe
-default (``weights_only=True``), and the state (buffers, learned baselines)
-comes back from the state dict. This module imports no other part of the zoo
-at import time (`as_estimator` imports `zoo.estimators` when called).
+and `from_config` builds it again, with jsonargparse, the parser LightningCLI
+uses: the same class-path resolution (a bare class name names an imported
+subclass of the expected type), the same type checks and the same nested
+configs as a YAML file given to ``train.py``. Estimators, baselines, latents
+and model parts are configurables. Models store their parts' configs among
+their hyperparameters: a checkpoint then holds only plain values and loads
+with ``torch.load``'s safe default (``weights_only=True``), and the state
+(buffers, learned baselines) comes back from the state dict.
 
-    >>> from zoo.estimators import Reinforce, LeaveOneOutBaseline
+This module imports no other part of the zoo.
+
+    >>> from zoo.estimators import Estimator, LeaveOneOutBaseline, Reinforce
     >>> config = Reinforce(4, baseline=LeaveOneOutBaseline()).init_config()
     >>> config["init_args"]["baseline"]["class_path"]
     'zoo.estimators.baselines.LeaveOneOutBaseline'
-    >>> type(from_config(config)).__name__
+    >>> type(from_config(config, Estimator)).__name__
     'Reinforce'
 """
 
 from __future__ import annotations
 
-import importlib
+import copy
 import inspect
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["Configurable", "as_estimator", "from_config"]
+__all__ = ["Configurable", "from_config"]
 
 T = TypeVar("T")
 
@@ -94,87 +97,42 @@ def _plain(value: Any) -> Any:
     raise _NoPlainFormError
 
 
-def from_config(config: Mapping[str, Any], expected: type[T] = Configurable) -> T:  # type: ignore[assignment]
-    """Build the object a config describes; nested configs are built first.
+def from_config(
+    config: Mapping[str, Any],
+    expected: type[T] = Configurable,  # type: ignore[assignment]
+    name: str = "config",
+) -> T:
+    """Build the object a config describes, as LightningCLI builds a part from YAML.
+
+    Nested configs (a baseline inside `Reinforce`) are built first, wherever the
+    constructor's type hints name a class. Defaults fill missing arguments.
 
     Args:
         config: ``{"class_path": "zoo.estimators.Reinforce", "init_args": {...}}``; a
-            bare class name (``"GumbelSoftmax"``) is looked up in `zoo.estimators`
-            (imported then, not when this module is).
+            bare class name (``"GumbelSoftmax"``) names an imported subclass of
+            ``expected``.
         expected: the class the object must be an instance of (e.g. `Estimator`).
+        name: what the config is, for the error message (``"estimator"``).
 
     Raises:
         ValueError: not such a mapping, a class path that does not resolve, a class
-            that is not ``expected``, or arguments its constructor rejects.
+            that is not ``expected``, or arguments its constructor does not accept
+            (jsonargparse's message, which names the key, the value and the type).
     """
     if not isinstance(config, Mapping) or "class_path" not in config or set(config) - _KEYS:
         raise ValueError(
-            "expected a config {'class_path': ..., 'init_args': {...}} of a subclass of "
-            f"{expected.__name__}, got {config!r}"
+            f"{name} must be a config {{'class_path': ..., 'init_args': {{...}}}} of a "
+            f"subclass of {expected.__name__}, got {config!r}"
         )
-    path = config["class_path"]
-    cls = _resolve(path)
-    if not (isinstance(cls, type) and issubclass(cls, expected)):
-        raise ValueError(f"class_path {path!r} is not a subclass of {expected.__name__}")
-    init_args = config.get("init_args") or {}
-    if not isinstance(init_args, Mapping):
-        raise ValueError(f"init_args of {path!r} must be a mapping, got {init_args!r}")
-    kwargs = {name: _built(value) for name, value in init_args.items()}
+    if not isinstance(config.get("init_args") or {}, Mapping):
+        raise ValueError(f"init_args of {name} must be a mapping, got {config['init_args']!r}")
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument(f"--{name}", type=expected, required=True)
     try:
-        return cls(**kwargs)
-    except TypeError as error:
-        raise ValueError(f"{path}: {error}") from error
-
-
-def _built(value: Any) -> Any:
-    """The inverse of `_plain`: configs, also inside lists and mappings, become objects."""
-    if isinstance(value, Mapping):
-        if "class_path" in value:
-            return from_config(value)
-        return {k: _built(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_built(v) for v in value)
-    return value
-
-
-def _resolve(path: Any) -> Any:
-    """The object at a dotted path (``module.Class`` or ``module.Outer.Inner``)."""
-    if not isinstance(path, str) or not path:
-        raise ValueError(f"class_path must be a non-empty string, got {path!r}")
-    parts = path.split(".")
-    if len(parts) == 1:
-        parts = ["zoo", "estimators", *parts]
-    for split in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:split])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name is not None and module_name.startswith(error.name):
-                continue  # not a module: try a shorter prefix
-            raise ValueError(
-                f"class_path {path!r}: importing {module_name} failed ({error})"
-            ) from error
-        for attribute in parts[split:]:
-            if not hasattr(obj, attribute):
-                raise ValueError(f"class_path {path!r}: {module_name} has no {attribute!r}")
-            obj = getattr(obj, attribute)
-        return obj
-    raise ValueError(f"class_path {path!r}: no module {parts[0]!r}")
-
-
-def as_estimator(value: Any, name: str = "estimator") -> Any:
-    """``value`` if it is an `Estimator`, the estimator its config describes if it is a config.
-
-    Raises:
-        ValueError: anything else (the message names ``name`` and what it got).
-    """
-    from zoo.estimators.base import Estimator
-
-    if isinstance(value, Estimator):
-        return value
-    if isinstance(value, Mapping):
-        return from_config(value, Estimator)
-    raise ValueError(
-        f"{name} must be a zoo.estimators.Estimator or its config "
-        f"{{'class_path': ..., 'init_args': {{...}}}}, got {type(value).__name__}"
-    )
+        # A copy: jsonargparse turns the nested mappings it is given into namespaces.
+        namespace = parser.parse_object({name: copy.deepcopy(dict(config))})
+    except ArgumentError as error:
+        raise ValueError(str(error)) from error
+    return parser.instantiate(namespace)[name]

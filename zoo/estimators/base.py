@@ -20,17 +20,17 @@ returns its ``estimate(q, cost_fn, z, stats)`` (``docs/new-estimator.md``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from zoo.config import Configurable
+from zoo.config import Configurable, from_config
 from zoo.structures import Structure
 
-__all__ = ["CostFn", "Estimate", "Estimator", "TemperedEstimator"]
+__all__ = ["CostFn", "Estimate", "Estimator", "TemperedEstimator", "as_estimator"]
 
 CostFn = Callable[[Tensor], Tensor]
 """f: z ``(S, *batch, *event)`` → per-sample costs ``(S, *batch)``."""
@@ -182,3 +182,23 @@ class TemperedEstimator(Estimator):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature:g}, {super().extra_repr()}"
+
+
+def as_estimator(value: Estimator | Mapping[str, Any], name: str = "estimator") -> Estimator:
+    """``value`` if it is an `Estimator`, the estimator its config describes if it is a config.
+
+    Models take either: an object in Python, a config from YAML or from a
+    checkpoint's hyperparameters (`zoo.config.from_config` builds it).
+
+    Raises:
+        ValueError: anything else, or a config of something else (the message names
+            ``name`` and what it got).
+    """
+    if isinstance(value, Estimator):
+        return value
+    if isinstance(value, Mapping):
+        return from_config(value, Estimator, name)
+    raise ValueError(
+        f"{name} must be a zoo.estimators.Estimator or its config "
+        f"{{'class_path': ..., 'init_args': {{...}}}}, got {type(value).__name__}"
+    )
