@@ -138,7 +138,7 @@ def test_the_figures_callback_draws_the_trees_of_listops(tmp_path) -> None:
 
 
 def test_a_tagger_variant_is_a_config_and_its_checkpoint_rebuilds_its_encoder(tmp_path) -> None:
-    config = "configs/tagger/hmm-exact.yaml"
+    config = "configs/tagger/hmm.yaml"
     args = ["fit", "--config", config, "--data=zoo.data.hmm.SyntheticHMMDataModule",
             "--data.num_train=32", "--data.num_val=8", "--data.num_test=8", "--data.batch_size=8",
             "--model.gold_tags=[states]", "--model.num_tags=3", "--model.embedding_dim=8",
@@ -170,3 +170,14 @@ def test_an_encoder_that_is_not_a_chain_encoder_is_refused() -> None:
         _tagger(encoder=torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="ConvEncoder: kernel_size must be an odd integer"):
         ConvEncoder(kernel_size=4)
+
+
+def test_an_estimator_that_does_not_apply_is_refused_when_fitting_starts() -> None:
+    from tests.models.cases import MODELS
+    from zoo.estimators import DisARM
+    from zoo.estimators.compatibility import IncompatibleEstimatorError
+    from zoo.models import VAE, CategoricalLatent
+
+    model = VAE(DisARM(), CategoricalLatent(2, 3), input_dim=16, hidden_sizes=(8,))
+    with pytest.raises(IncompatibleEstimatorError, match="DisARM needs a Bernoulli structure"):
+        quiet_trainer(max_steps=1).fit(model, datamodule=MODELS[0].data())

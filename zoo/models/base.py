@@ -44,6 +44,7 @@ from torch import Tensor
 
 from zoo.config import Configurable
 from zoo.estimators import Estimate, Estimator, as_estimator
+from zoo.estimators.compatibility import check_model
 from zoo.structures import Structure
 
 __all__ = ["Batch", "LatentVariableModel", "Step"]
@@ -525,6 +526,10 @@ class LatentVariableModel(L.LightningModule):
                     writer.add_summary(summary)
 
     def on_fit_start(self) -> None:
+        # Before the first step: an estimator that does not apply to this model's structure
+        # (or needs a joint likelihood it lacks) is named with the reason (train.py checks
+        # the same before anything is built).
+        check_model(self)
         self._write_hparams_session()
 
     # ------------------------------------------------------------ older checkpoints
