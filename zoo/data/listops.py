@@ -57,6 +57,7 @@ from zoo.data.base import (
     describe_data_dir,
     resolve_data_dir,
 )
+from zoo.listops_vocabulary import CLOSE, DIGITS, OPERATORS, PAD, TOKEN_ID, VOCABULARY
 
 __all__ = [
     "CLOSE",
@@ -77,13 +78,6 @@ __all__ = [
     "tokenize",
 ]
 
-OPERATORS: tuple[str, ...] = ("[MIN", "[MAX", "[MED", "[SM")
-CLOSE = "]"
-DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
-PAD = "<pad>"
-VOCABULARY: tuple[str, ...] = (PAD, *DIGITS, *OPERATORS, CLOSE)
-"""Token ids: 0 padding, 1-10 the digits 0-9, 11-14 the operators, 15 ``]``."""
-TOKEN_ID = {token: i for i, token in enumerate(VOCABULARY)}
 DEFAULT_TEST_FILE = "listops/dev_d20s.tsv.gz"
 """The shared development half of the official test set, under the data root."""
 

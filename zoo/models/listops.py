@@ -63,8 +63,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.config import Configurable
-from zoo.data.listops import VOCABULARY
 from zoo.estimators import Estimate, Estimator, Exact
+from zoo.listops_vocabulary import VOCABULARY
 from zoo.metrics.trees import AttachmentScore, BucketedAccuracy, SpanF1
 from zoo.models.base import Batch, LatentVariableModel, Step
 from zoo.structures import (
