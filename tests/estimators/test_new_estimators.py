@@ -292,3 +292,16 @@ def test_unordered_set_has_less_variance_than_samples_with_replacement() -> None
     loo = check_estimator(Reinforce(3, LeaveOneOutBaseline()), q, cost, draws=8000)
     assert unordered.max_abs_z < 5
     assert unordered.variance < 0.8 * loo.variance, (unordered.variance, loo.variance)
+
+
+def test_unordered_set_gradients_stay_finite_in_float32_with_many_variables() -> None:
+    # 128 fair bits: p(s) = 2^-128 underflows float32 and R(S, s) ~ 1 / p(s) overflows it;
+    # the estimator forms their bounded products in float64.
+    torch.manual_seed(0)
+    theta = torch.zeros(32, 128, requires_grad=True)
+    estimate = UnorderedSetReinforce(num_samples=2)(
+        Bernoulli(theta), lambda z: (z - 0.45).pow(2).sum(-1)
+    )
+    estimate.objective.sum().backward()
+    assert torch.isfinite(theta.grad).all() and theta.grad.abs().sum() > 0
+    torch.testing.assert_close(estimate.cost, torch.full((32,), 128 * 0.2525), rtol=0.1, atol=0)

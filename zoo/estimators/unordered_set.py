@@ -104,19 +104,23 @@ class UnorderedSetReinforce(Estimator):
         cost = self.evaluate(cost_fn, z, q)  # (k, *batch)
         log_p = q.log_prob(z)  # (k, *batch), differentiable in θ
         f = cost.detach()
-        weights = _set_weights(log_p.detach(), valid)  # R(S, s), R^{D∖s}(S, s')
-        ratio, loo = weights  # (k, *batch), (k, k, *batch)
-        p = log_p.detach().exp() * valid
+        ratio, loo = _set_weights(log_p.detach(), valid)  # R(S, s), R^{D∖s}(S, s'), float64
+        # In float64: with many variables p(s) underflows float32 while R(S, s) ~ 1 / p(s)
+        # overflows it; their products p(s) R(S, s) and p(s') R^{D∖s}(S, s') are bounded.
+        wide = torch.float64
+        p = log_p.detach().to(wide).exp() * valid
+        pf = p * f.to(wide)
         # b(S, s) = p(s) f(s) + Σ_{s' ≠ s} p(s') R^{D∖s}(S, s') f(s').
-        baseline = p * f + (loo * (p * f).unsqueeze(0)).sum(1)
-        advantage = torch.where(valid, ratio * (f - baseline), 0.0)
+        baseline = pf + (loo * pf.unsqueeze(0)).sum(1)
+        weight = p * ratio  # p(s) R(S, s)
+        advantage = torch.where(valid, weight * (f.to(wide) - baseline), 0.0).to(log_p.dtype)
         # ∇p(s) = p(s) ∇log p(s): the surrogate's θ-gradient is the estimate.
-        score = (p * advantage * log_p).sum(0)
-        report = (p * ratio * f).sum(0)  # unbiased for E_q[f]
+        score = (advantage * log_p).sum(0)
+        report = (weight * f.to(wide)).sum(0).to(cost.dtype)  # unbiased for E_q[f]
         # The cost's own parameters get the same weights on ∇f(s).
-        pathwise = ((p * ratio).detach() * cost).sum(0)
+        pathwise = (weight.to(cost.dtype) * cost).sum(0)
         surrogate = pathwise + score
-        stats = {"set_mass": p.sum(0).mean(), **self.spread(cost)}
+        stats = {"set_mass": p.sum(0).mean().to(log_p.dtype), **self.spread(cost)}
         return Estimate(z=z, cost=report, surrogate=surrogate, stats=stats)
 
 
@@ -208,13 +212,13 @@ def _truncated(raw: Tensor, top: Tensor) -> Tensor:
 
 
 def _set_weights(log_p: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """R(S, s) ``(k, *batch)`` and R^{D∖s}(S, s') ``(k, k, *batch)`` (row s, column s').
+    """R(S, s) ``(k, *batch)`` and R^{D∖s}(S, s') ``(k, k, *batch)`` (row s, column s'), float64.
 
     R(S, s) = I(S ∖ s) / I(S) and R^{D∖s}(S, s') = I(S ∖ {s, s'}) / I(S ∖ s), with
     I(T) the set-probability integral of the module docstring; the diagonal
     of the second is 0 (s' = s is the separate p(s) f(s) term of the baseline).
     """
-    k, batch_shape, dtype = log_p.shape[0], log_p.shape[1:], log_p.dtype
+    k, batch_shape = log_p.shape[0], log_p.shape[1:]
     work = torch.float64
     log_p = torch.where(valid, log_p.to(work), -math.inf).reshape(k, -1)  # (k, B)
     keep = valid.reshape(k, -1).to(work)
@@ -240,10 +244,7 @@ def _set_weights(log_p: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     i_full, i_one, i_two = integral[0], integral[1 : 1 + k], integral[1 + k :].reshape(k, k, -1)
     ratio = (i_one / i_full) * keep
     loo = (i_two / i_one.unsqueeze(1)) * (1 - eye).unsqueeze(-1) * keep.unsqueeze(0)
-    return (
-        ratio.reshape(k, *batch_shape).to(dtype),
-        loo.reshape(k, k, *batch_shape).to(dtype),
-    )
+    return ratio.reshape(k, *batch_shape), loo.reshape(k, k, *batch_shape)
 
 
 def _set_probability(log_a: Tensor, member: Tensor) -> Tensor:
