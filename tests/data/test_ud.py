@@ -266,7 +266,7 @@ def test_train_py_predict_writes_the_sentences_in_file_order(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["train.py"])
     out = tmp_path / "tags.conllu"
-    config = Path(__file__).resolve().parents[2] / "configs" / "tagger" / "hmm-exact.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs" / "tagger" / "hmm.yaml"
     ZooCLI([
         "predict", "--config", str(config), "--data.treebank=xx", f"--data.data_dir={tmp_path}",
         "--data.min_count=1", "--data.batch_size=4", "--model.num_tags=3",

@@ -43,7 +43,8 @@ def test_the_callback_measures_the_tagger_whose_batches_hold_word_lists(tmp_path
     monkeypatch.chdir(tmp_path)
     args = [
         "fit",
-        "--config", str(ROOT / "configs" / "tagger" / "hmm-reinforce-loo.yaml"),
+        "--config", str(ROOT / "configs" / "tagger" / "hmm.yaml"),
+        "--model.estimator", str(ROOT / "configs" / "estimator" / "reinforce-loo.yaml"),
         "--config", str(ROOT / "configs" / "data" / "hmm-synthetic.yaml"),
         "--model.num_tags=5", "--model.gold_tags=[states]", "--data.num_train=64",
         "--model.embedding_dim=16", "--model.hidden_size=16",
@@ -54,12 +55,16 @@ def test_the_callback_measures_the_tagger_whose_batches_hold_word_lists(tmp_path
     _finite(callback.history[-1])
 
 
-@pytest.mark.parametrize("config", ["dependency-st-gumbel", "constituency-reinforce-loo"])
+@pytest.mark.parametrize(
+    "config", [("dependency", "st-gumbel"), ("constituency", "reinforce-loo")], ids="-".join
+)
 def test_the_statistics_measure_the_listops_classifiers(config, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     test = tmp_path / "test.tsv"
     test.write_text("1\t( ( ( [SM 6 ) 5 ) ] )\n7\t7\n")
-    args = ["fit", "--config", str(ROOT / "configs" / "listops" / f"{config}.yaml"),
+    model, estimator = config
+    args = ["fit", "--config", str(ROOT / "configs" / "listops" / f"{model}.yaml"),
+            "--model.estimator", str(ROOT / "configs" / "estimator" / f"{estimator}.yaml"),
             f"--data.test_file={test}", "--data.num_train=64", "--data.num_val=8",
             "--data.max_length=10", "--data.batch_size=4", "--model.init_args.hidden_dim=8",
             "--model.init_args.embedding_dim=8", "--trainer.fast_dev_run=1"]  # fmt: skip
