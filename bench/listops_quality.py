@@ -1,8 +1,14 @@
 """ListOps test accuracy and tree agreement of every structure × estimator after a wall-clock budget.
 
-Each setting is the project's own config, ``configs/listops/<setting>.yaml``,
-built by `zoo.cli.ZooCLI` (so the model, Adam at lr 1e-3, batch 64 and the
-generated training data are what ``train.py fit`` runs), with only these
+Each setting is a model file of ``configs/listops/`` (``dependency``,
+``nonprojective``, ``constituency``: REINFORCE with the greedy baseline; the
+baselines ``lstm``, ``gold-tree``, ``gold-tree-binary``; the recipes), or a
+structure's model file with an estimator, ``<structure>-<estimator>``, composed
+as ``train.py`` composes it (`ESTIMATORS`: ``dependency-st-gumbel`` is
+``--config configs/listops/dependency.yaml --model.estimator
+configs/estimator/st-gumbel.yaml``). It is built by `zoo.cli.ZooCLI` (so the
+model, Adam at lr 1e-3, batch 64 and the generated training data are what
+``train.py fit`` runs), with only these
 overrides: ``Trainer(max_time=--minutes)`` stops training (``max_epochs=-1``:
 the budget alone decides), ``--num-train`` generated training expressions of at
 most ``--max-length`` symbols, no progress bar, logs and checkpoints under
@@ -46,7 +52,42 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CONFIGS = ROOT / "configs" / "listops"
-SETTINGS = tuple(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+ESTIMATOR_FILES = ROOT / "configs" / "estimator"
+STRUCTURES = ("dependency", "nonprojective", "constituency")
+ESTIMATORS = {
+    "reinforce-greedy": [None],  # the structures' model files' own
+    "reinforce-loo": ["reinforce-loo.yaml", "--model.estimator.normalize_advantages=true"],
+    "sst": ["gumbel.yaml"],
+    "st-gumbel": ["st-gumbel.yaml"],
+    "straight-through": ["straight-through.yaml"],
+    "perturb-and-map": ["perturb-and-map.yaml", "--model.estimator.gradient=imle"],
+    "reinmax": ["reinmax.yaml"],
+    "gapped-st": ["gapped-st.yaml"],
+}
+"""The estimators of a ``<structure>-<estimator>`` setting: a group file and the family's flags
+(the model files' headers list the same)."""
+SETTINGS = tuple(
+    sorted(
+        [p.stem for p in CONFIGS.glob("*.yaml")]
+        + [f"{s}-{e}" for s in STRUCTURES for e in ESTIMATORS]
+    )
+)
+
+
+def config_args(setting: str) -> list[str]:
+    """The ``train.py`` arguments of a setting: its model file, and its estimator."""
+    if (CONFIGS / f"{setting}.yaml").is_file():
+        return ["--config", str(CONFIGS / f"{setting}.yaml")]
+    structure, estimator = setting.split("-", 1)
+    group, *flags = ESTIMATORS[estimator]
+    model = ["--config", str(CONFIGS / f"{structure}.yaml")]
+    return (
+        model
+        if group is None
+        else [*model, "--model.estimator", str(ESTIMATOR_FILES / group), *flags]
+    )
+
+
 ANCHORS = {
     # kind: (anchor name, test accuracy %)
     "lstm": ("LSTM (Nangia & Bowman)", 74.4),
@@ -77,10 +118,8 @@ def run_one(setting: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train one config for the budget, test it on the development half, return the numbers."""
     from zoo.cli import main as cli_main
 
-    config = CONFIGS / f"{setting}.yaml"
     cli_args = [
-        "--config",
-        str(config),
+        *config_args(setting),
         f"--seed_everything={args.seed}",
         *(
             [f"--trainer.max_steps={args.steps}"]
@@ -173,7 +212,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", nargs="+", default=["gold-tree", "lstm"],
-                        help=f"config names, or 'all': {', '.join(SETTINGS)}")  # fmt: skip
+                        help=f"settings, or 'all': {', '.join(SETTINGS)}")  # fmt: skip
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget per setting")
     parser.add_argument(
         "--steps", type=int, default=0, help="a budget of training steps instead of minutes"

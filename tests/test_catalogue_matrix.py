@@ -249,6 +249,36 @@ def test_every_fit_command_of_a_header_builds_what_it_names(model_file: str, mon
                 assert str(setting).lower() == value.lower(), words
 
 
+DOCUMENTS = ["README.md", "configs/README.md", "docs/tagger.md", "docs/listops.md"]
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """Every ``train.py fit`` command of the documents that names a tagger or ListOps file."""
+    found = []
+    for document in DOCUMENTS:
+        text = (ROOT / document).read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split("  #")[0].strip().strip("`")
+            if line.startswith("python train.py fit") and any(
+                f"configs/{family}/" in line for family in TINY
+            ):
+                found.append((document, line.split()[3:]))
+    return found
+
+
+@pytest.mark.parametrize(("document", "words"), documented_commands(), ids=" ".join)
+def test_every_documented_command_builds(document: str, words: list[str], monkeypatch) -> None:
+    """The commands of the README and the family pages name files and flags that exist (on
+    tiny synthetic data, so the test needs no treebank)."""
+    monkeypatch.chdir(ROOT)
+    family = next(f for f in TINY if f"configs/{f}/" in " ".join(words))
+    model = ZooCLI([*words, *TINY[family]], run=False).model
+    for word in words:
+        if word.startswith("--model.estimator.") and "=" in word:
+            key, value = word.removeprefix("--model.estimator.").split("=")
+            assert str(getattr(model.estimator, key)).lower() == value.lower()
+
+
 def finite_where_defined(theta: torch.Tensor) -> bool:
     """θ may hold −∞ on parts that cannot occur (padding); nothing else is non-finite."""
     return bool(torch.isfinite(theta[theta != -math.inf]).all())
