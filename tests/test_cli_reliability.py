@@ -47,7 +47,7 @@ from zoo.structures import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TAGGER = ROOT / "configs" / "tagger" / "hmm-exact.yaml"
+TAGGER = ROOT / "configs" / "tagger" / "hmm.yaml"
 # A tagger config whose data block has the class the run uses (as every tagger config does).
 TINY_DATA = {
     "class_path": "zoo.data.SyntheticHMMDataModule",
@@ -264,7 +264,7 @@ def test_vimco_on_a_model_without_a_joint_says_so(in_tmp, capsys) -> None:
 
 
 def test_gumbel_crf_on_a_dependency_tree_is_one_line(in_tmp, capsys) -> None:
-    config = ROOT / "configs" / "listops" / "dependency-st-gumbel.yaml"
+    config = ROOT / "configs" / "listops" / "dependency.yaml"
     args = ["fit", "--config", str(config), "--model.estimator=GumbelCRF", "--data.num_train=8",
             "--data.num_val=8", "--trainer.max_steps=1", *quiet_trainer_args()]  # fmt: skip
     line = one_line_error(capsys, args)
