@@ -35,7 +35,7 @@ from zoo.estimators import (
 from zoo.models import SBN
 
 ROOT = Path(__file__).resolve().parents[1]
-VAE_CONFIG = str(ROOT / "configs" / "vae" / "categorical-gumbel.yaml")
+VAE_CONFIG = str(ROOT / "configs" / "vae" / "categorical.yaml")
 
 TINY_VAE = [
     "--model=VAE",

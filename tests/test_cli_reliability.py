@@ -172,7 +172,7 @@ def test_fast_dev_run_writes_nothing(in_tmp) -> None:
 def test_missing_data_is_one_line(in_tmp, capsys, monkeypatch) -> None:
     monkeypatch.setenv("ZOO_DATA_DIR", str(in_tmp / "nowhere"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    args = ["fit", "--config", str(ROOT / "configs" / "vae" / "categorical-gumbel.yaml")]
+    args = ["fit", "--config", str(ROOT / "configs" / "vae" / "categorical.yaml")]
     line = one_line_error(capsys, [*args, "--trainer.max_steps=1", *quiet_trainer_args()])
     assert "nowhere" in line or "MNIST" in line
 

@@ -266,7 +266,7 @@ def test_sbn_inner_estimator_is_a_separate_copy_by_default() -> None:
         ({"num_importance_samples": -1}, "num_importance_samples"),
         ({"importance_chunk_size": 0}, "importance_chunk_size"),
         ({"estimator": torch.nn.Linear(1, 1)}, "estimator"),
-        ({"estimator": {"class_path": "torch.nn.Linear"}}, "not a subclass of Estimator"),
+        ({"estimator": {"class_path": "torch.nn.Linear"}}, "torch.nn.Linear does not correspond to a subclass of Estimator"),
     ],
 )
 def test_bad_arguments_raise(kwargs: dict, message: str) -> None:

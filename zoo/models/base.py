@@ -30,6 +30,7 @@ A model without ``joint_nll`` refuses such an estimator when it is built.
 from __future__ import annotations
 
 import inspect
+import io
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -90,13 +91,17 @@ class LatentVariableModel(L.LightningModule):
         estimator: the gradient estimator of E_q[f(z)], e.g. ``GumbelSoftmax()``,
             ``Reinforce(num_samples=4, baseline=LeaveOneOutBaseline())``, or its config
             ``{"class_path": "Reinforce", "init_args": {"num_samples": 4, ...}}``.
-        lr: learning rate of Adam (used unless an ``optimizer`` is given on the command line).
+        lr: learning rate of Adam; None: the family's default (``default_lr``, 1e-3).
         num_importance_samples: m, the samples from q behind the importance-sampled
-            negative log-likelihood ``test/nll_iw`` (Jang et al. 2017 use 1000); 0 skips it.
+            negative log-likelihood ``test/nll_iw`` (Jang et al. 2017 use 1000); 0 skips it;
+            None: the family's default (``importance_samples``: 1000 for the VAE and SBN).
         val_importance_samples: the same for ``val/nll_iw``; 0 (default) skips it, since it
             costs m decoder passes per example at every validation.
         importance_chunk_size: samples drawn at once for ``nll_iw``; bounds the memory to
-            about chunk × batch × output width floats.
+            about chunk × batch × output width floats; None: the family's default.
+
+    A family declares its own arguments and passes these on as ``**kwargs``
+    (declared once, here; jsonargparse lists them under every family).
 
     Checkpoints keep the estimator among the hyperparameters as its config
     (``{"class_path": ..., "init_args": {...}}``, what LightningCLI writes; see
@@ -125,16 +130,29 @@ class LatentVariableModel(L.LightningModule):
     bound_name: ClassVar[str] = "neg_bound"
     """The name of the loss under a multi-sample-bound estimator (−L̂_S, see the module docstring)."""
 
+    default_lr: ClassVar[float] = 1e-3
+    """The family's default learning rate (``lr=None``)."""
+    importance_samples: ClassVar[int] = 0
+    """The family's default m of ``test/nll_iw`` (``num_importance_samples=None``)."""
+    importance_chunk: ClassVar[int] = 100
+    """The family's default ``importance_chunk_size`` (None)."""
+
     def __init__(
         self,
         estimator: Estimator,
-        lr: float = 1e-3,
-        num_importance_samples: int = 1000,
+        lr: float | None = None,
+        num_importance_samples: int | None = None,
         val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
+        importance_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         estimator = as_estimator(estimator, "estimator")
+        if lr is None:
+            lr = self.default_lr
+        if num_importance_samples is None:
+            num_importance_samples = self.importance_samples
+        if importance_chunk_size is None:
+            importance_chunk_size = self.importance_chunk
         if not float(lr) > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         for name, value, low in (
@@ -169,7 +187,7 @@ class LatentVariableModel(L.LightningModule):
             warnings.filterwarnings("ignore", message=_MODULE_HPARAM_WARNING)
             # Lightning collects the arguments of every __init__ up to the subclass's.
             self.save_hyperparameters()
-            own = inspect.signature(type(self)).parameters
+            own = type(self).init_parameter_names()
             # "_class_path" and "_instantiator" are LightningCLI's bookkeeping: kept.
             self.remove_ignored_hparams(
                 [k for k in self.hparams if k not in own and not k.startswith("_")]
@@ -546,10 +564,29 @@ class LatentVariableModel(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Lightning's ``load_from_checkpoint``, with older checkpoints upgraded first
-        (`upgrade_hyperparameters`); arguments given here win."""
+        (`upgrade_hyperparameters`) and the hyperparameters this class no longer takes
+        left out; arguments given here win."""
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        upgraded = cls.upgrade_hyperparameters(checkpoint.get("hyper_parameters", {}))
-        return super().load_from_checkpoint(checkpoint_path, *args, **{**upgraded, **kwargs})
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        hparams.update(cls.upgrade_hyperparameters(hparams))
+        takes = cls.init_parameter_names()
+        checkpoint["hyper_parameters"] = {
+            k: v for k, v in hparams.items() if k in takes or k.startswith("_")
+        }
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        buffer.seek(0)
+        return super().load_from_checkpoint(buffer, *args, **kwargs)
+
+    @classmethod
+    def init_parameter_names(cls) -> set[str]:
+        """The arguments the constructor takes: its own, and the base's that it passes on
+        as ``**kwargs``."""
+        parameters = inspect.signature(cls).parameters
+        names = set(parameters)
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            names |= set(inspect.signature(LatentVariableModel.__init__).parameters) - {"self"}
+        return names - {"kwargs"}
 
     # ------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

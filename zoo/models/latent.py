@@ -229,5 +229,7 @@ def upgrade_latent(hparams: Any) -> dict[str, Any]:
     if "latent" in hparams or "num_variables" not in hparams:
         return {}
     if "num_classes" in hparams:
-        return {"latent": CategoricalLatent(hparams["num_variables"], hparams["num_classes"])}
-    return {"latent": BernoulliLatent(hparams["num_variables"])}
+        latent = CategoricalLatent(hparams["num_variables"], hparams["num_classes"])
+    else:
+        latent = BernoulliLatent(hparams["num_variables"])
+    return {"latent": latent.init_config()}

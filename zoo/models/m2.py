@@ -50,6 +50,7 @@ torchmetrics metric, synced across processes), and in training
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -85,11 +86,10 @@ class M2(LatentVariableModel):
             labelled images, beside the batch means of U(x) and L(x, y) (the loss above).
             0.1 is Kingma et al.'s α = 0.1·N; the default, 500 ≈ N_u/N_l with 100 labels of
             49,900 images, is the recipe of ``docs/m2.md``.
-        lr: learning rate of Adam (3e-4 in Kingma et al.).
-        num_importance_samples: m for ``test/nll_iw`` (−log p(x), importance-sampled over
-            y and z); 0 (default) skips it.
-        val_importance_samples: m for ``val/nll_iw``; 0 skips it.
-        importance_chunk_size: samples per chunk of the importance-sampling loop.
+        **kwargs: `LatentVariableModel`'s ``lr`` (3e-4 by default, as in Kingma et al.),
+            ``num_importance_samples`` (m of ``test/nll_iw``, −log p(x) importance-sampled
+            over y and z; 0 by default: skipped), ``val_importance_samples`` and
+            ``importance_chunk_size``.
 
     Raises:
         ValueError: K < 2, a latent dimension below 1, α < 0, and the base's checks.
@@ -101,6 +101,7 @@ class M2(LatentVariableModel):
         torch.Size([4])
     """
 
+    default_lr = 3e-4  # Kingma et al.
     objective_name = "neg_elbo"
     cost_name = "neg_elbo_given_y"
     regularizer_name = "kl_y"
@@ -113,18 +114,9 @@ class M2(LatentVariableModel):
         input_dim: int = 784,
         hidden_sizes: tuple[int, ...] = (500,),
         alpha: float = 500.0,
-        lr: float = 3e-4,
-        num_importance_samples: int = 0,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            estimator,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
-        )
+        super().__init__(estimator, **kwargs)
         for name, value, low in (("num_classes", num_classes, 2), ("latent_dim", latent_dim, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")

@@ -45,6 +45,7 @@ an importance-sampling estimate whose proposal is the model's own p(z | x)
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -72,10 +73,9 @@ class SBN(LatentVariableModel):
         output_dim: the width of y (392, the lower half); None: ``input_dim``.
         hidden_sizes: deterministic ReLU layers inside each conditional; empty (default)
             for the paper's linear conditionals.
-        lr: learning rate of Adam.
-        num_importance_samples: m for ``test/nll_iw`` (1000 in Jang et al.); 0 skips it.
-        val_importance_samples: m for ``val/nll_iw``; 0 skips it.
-        importance_chunk_size: samples per chunk of the importance-sampling loop.
+        **kwargs: `LatentVariableModel`'s ``lr``, ``num_importance_samples`` (m of
+            ``test/nll_iw``, 1000 by default, as in Jang et al.), ``val_importance_samples``
+            and ``importance_chunk_size``.
 
     Example:
         >>> from zoo.estimators import StraightThrough
@@ -84,6 +84,8 @@ class SBN(LatentVariableModel):
         >>> model({"x": torch.ones(2, 4), "y": torch.zeros(2, 3)}).shape
         torch.Size([2])
     """
+
+    importance_samples = 1000  # Jang et al.'s m of test/nll_iw
 
     objective_name = "neg_elbo"
 
@@ -95,18 +97,9 @@ class SBN(LatentVariableModel):
         input_dim: int = 392,
         output_dim: int | None = None,
         hidden_sizes: tuple[int, ...] = (),
-        lr: float = 1e-3,
-        num_importance_samples: int = 1000,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            estimator,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
-        )
+        super().__init__(estimator, **kwargs)
         hidden = tuple(hidden_sizes)
         self.inner_estimator = (
             copy.deepcopy(self.estimator)

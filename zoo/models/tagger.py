@@ -404,10 +404,9 @@ class ChainTagger(LatentVariableModel):
         gold_tags: the gold taggings in the batches to score against (``upos``, ``xpos``; ``states``
             on synthetic data); missing ones are an error at evaluation.
         max_gold_tags: an upper bound on the ids of any gold tagging (unused ids change no score).
-        lr: learning rate of Adam.
-        num_importance_samples: m of the importance-sampled ``test/nll`` where log p(x) is not exact.
-        val_importance_samples: the same for ``val/nll``.
-        importance_chunk_size: samples drawn at once for it.
+        **kwargs: `LatentVariableModel`'s ``lr``, ``num_importance_samples`` (m of the
+            importance-sampled ``test/nll`` where log p(x) is not exact),
+            ``val_importance_samples`` (the same for ``val/nll``) and ``importance_chunk_size``.
 
     Raises:
         ValueError: sizes below 1.
@@ -428,18 +427,9 @@ class ChainTagger(LatentVariableModel):
         hidden_size: int = 128,
         gold_tags: Sequence[str] = ("upos", "xpos"),
         max_gold_tags: int = 64,
-        lr: float = 1e-3,
-        num_importance_samples: int = 0,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            estimator,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
-        )
+        super().__init__(estimator, **kwargs)
         for name, value in (
             ("num_tags", num_tags),
             ("input_dim", input_dim),
@@ -744,10 +734,9 @@ class NeuralHMMTagger(ChainTagger):
         max_word_length: characters per word for ``char_emission``.
         gold_tags: the gold taggings to score against.
         max_gold_tags: an upper bound on gold ids.
-        lr: learning rate of Adam.
-        num_importance_samples: m of ``test/nll_iw`` (0: skip; ``test/nll`` is exact anyway).
-        val_importance_samples: the same for ``val/nll_iw``.
-        importance_chunk_size: samples drawn at once for it.
+        **kwargs: `LatentVariableModel`'s ``lr``, ``num_importance_samples`` (m of
+            ``test/nll_iw``; 0 by default: ``test/nll`` is exact anyway),
+            ``val_importance_samples`` and ``importance_chunk_size``.
         warmup_steps: training steps of the warm-up stage (0: none): the HMM (emissions and
             prior) trains on −log p(x), as with `HMMPosterior`, and q on
             ``warmup_posterior``; the estimator is not used.
@@ -795,15 +784,12 @@ class NeuralHMMTagger(ChainTagger):
         max_word_length: int = 20,
         gold_tags: Sequence[str] = ("upos", "xpos"),
         max_gold_tags: int = 64,
-        lr: float = 1e-3,
-        num_importance_samples: int = 0,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
         warmup_steps: int = 0,
         warmup_posterior: str = "distill",
         generative_objective: str = "elbo",
         posterior_kl_weight: float = 0.0,
         emission_features: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             estimator,
@@ -814,10 +800,7 @@ class NeuralHMMTagger(ChainTagger):
             hidden_size=hidden_size,
             gold_tags=gold_tags,
             max_gold_tags=max_gold_tags,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
+            **kwargs,
         )
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer ≥ 0, got {warmup_steps!r}")
@@ -965,14 +948,16 @@ class LSTMTagger(ChainTagger):
         hidden_size: width of the encoder's (each direction) and the decoder's LSTMs.
         gold_tags: the gold taggings to score against.
         max_gold_tags: an upper bound on gold ids.
-        lr: learning rate of Adam.
-        num_importance_samples: m of ``test/nll``; 0 skips it.
-        val_importance_samples: m of ``val/nll``; 0 skips it.
-        importance_chunk_size: samples drawn at once.
+        **kwargs: `LatentVariableModel`'s ``lr``, ``num_importance_samples`` (m of
+            ``test/nll``, 100 by default; 0 skips it), ``val_importance_samples`` (m of
+            ``val/nll``) and ``importance_chunk_size`` (20 by default).
 
     Raises:
         ValueError: `MarginalExpectation` as the estimator (exact for linear costs only).
     """
+
+    importance_samples = 100  # test/nll is importance-sampled: log p(x) is not exact
+    importance_chunk = 20
 
     def __init__(
         self,
@@ -984,10 +969,7 @@ class LSTMTagger(ChainTagger):
         hidden_size: int = 128,
         gold_tags: Sequence[str] = ("upos", "xpos"),
         max_gold_tags: int = 64,
-        lr: float = 1e-3,
-        num_importance_samples: int = 100,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 20,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             estimator,
@@ -998,10 +980,7 @@ class LSTMTagger(ChainTagger):
             hidden_size=hidden_size,
             gold_tags=gold_tags,
             max_gold_tags=max_gold_tags,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
+            **kwargs,
         )
         if isinstance(self.estimator, MarginalExpectation):
             raise ValueError(

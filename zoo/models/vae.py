@@ -23,6 +23,8 @@ latent). Default sizes are the paper's: encoder
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -46,10 +48,9 @@ class VAE(LatentVariableModel):
             encoder's output width, its ``out_features`` the decoder's input width.
         input_dim: D, the pixels of x (784 for MNIST).
         hidden_sizes: encoder hidden widths; the decoder uses them reversed.
-        lr: learning rate of Adam.
-        num_importance_samples: m for ``test/nll_iw`` (1000 in Jang et al.); 0 skips it.
-        val_importance_samples: m for ``val/nll_iw``; 0 skips it.
-        importance_chunk_size: samples per chunk of the importance-sampling loop.
+        **kwargs: `LatentVariableModel`'s ``lr``, ``num_importance_samples`` (m of
+            ``test/nll_iw``, 1000 by default, as in Jang et al.), ``val_importance_samples``
+            and ``importance_chunk_size``.
 
     Example:
         >>> from zoo.estimators import GumbelSoftmax
@@ -59,6 +60,8 @@ class VAE(LatentVariableModel):
         >>> model({"x": torch.ones(4, 6)}).shape
         torch.Size([4])
     """
+
+    importance_samples = 1000  # Jang et al.'s m of test/nll_iw
 
     objective_name = "neg_elbo"
     cost_name = "recon"
@@ -70,18 +73,9 @@ class VAE(LatentVariableModel):
         latent: Latent,
         input_dim: int = 784,
         hidden_sizes: tuple[int, ...] = (512, 256),
-        lr: float = 1e-3,
-        num_importance_samples: int = 1000,
-        val_importance_samples: int = 0,
-        importance_chunk_size: int = 100,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            estimator,
-            lr=lr,
-            num_importance_samples=num_importance_samples,
-            val_importance_samples=val_importance_samples,
-            importance_chunk_size=importance_chunk_size,
-        )
+        super().__init__(estimator, **kwargs)
         hidden = tuple(hidden_sizes)
         self.latent = as_latent(latent)
         self.input_dim = input_dim
