@@ -2,7 +2,7 @@
 
 One base config × a list of settings × seeds × a step or time budget:
 
-    python -m zoo.lab.compare --config configs/vae/categorical-gumbel.yaml \\
+    python -m zoo.lab.compare --config configs/vae/categorical.yaml \\
         --estimators configs/estimator/gumbel.yaml configs/estimator/reinforce-loo.yaml \\
         --seeds 3 --max_steps 2000 --out comparisons/vae -- --trainer.val_check_interval=500
 
