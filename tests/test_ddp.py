@@ -256,7 +256,8 @@ def test_train_py_on_two_processes_with_lightnings_launcher(tmp_path) -> None:
     # What a user runs: Lightning starts the second process itself (no torchrun).
     data_dir = write_tiny_mnist(tmp_path / "data", num_train=400, num_test=48)
     command = [sys.executable, str(ROOT / "train.py"), "fit",
-               "--config", str(ROOT / "configs" / "m2" / "reinforce-ema.yaml"),
+               "--config", str(ROOT / "configs" / "m2" / "m2.yaml"),
+               "--model.estimator", str(ROOT / "configs" / "estimator" / "reinforce-ema.yaml"),
                f"--data.data_dir={data_dir}", "--data.num_labels=20", "--data.val_size=48",
                "--data.batch_size=8", "--model.hidden_sizes=[16]", "--model.latent_dim=4",
                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",

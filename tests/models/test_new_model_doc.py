@@ -56,7 +56,7 @@ PARTS = {  # what each overlay changes, as the built model shows it
     "sbn/bernoulli": lambda m: type(m.latent).__name__ == "ChainLatent" and m.latent.num_states == 5,
     "tagger/hmm": lambda m: type(m.encoder).__name__ == "ConvEncoder" and m.encoder.num_layers == 3,
     "listops/dependency": lambda m: m.structure_name == "nonprojective" and m.multiroot,
-    "m2/st-gumbel": lambda m: m.latent_dim == 10 and type(m.estimator).__name__ == "Reinforce",
+    "m2/m2": lambda m: m.latent_dim == 10 and type(m.estimator).__name__ == "Reinforce",
 }
 
 
