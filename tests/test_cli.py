@@ -25,7 +25,14 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.models.cases import quiet_trainer_args, synthetic_args
 from zoo.callbacks import TemperatureAnnealing, ZooProgressBar
-from zoo.cli import PROGRESS_BAR_REFRESH_RATE, TRACEBACK_ENV, NullProfiler, ZooCLI, main
+from zoo.cli import (
+    PROGRESS_BAR_REFRESH_RATE,
+    TRACEBACK_ENV,
+    ConfigError,
+    NullProfiler,
+    ZooCLI,
+    main,
+)
 from zoo.estimators import (
     GumbelSoftmax,
     LeaveOneOutBaseline,
@@ -468,3 +475,20 @@ def test_val_nll_iw_is_logged_when_asked_and_the_hparams_tab_has_its_final_value
     series = events.Scalars("val/nll_iw")
     assert len(series) == 2  # one per epoch, no placeholder
     assert series[-1].value == pytest.approx(float(cli.trainer.callback_metrics["val/nll_iw"]))
+
+
+def test_an_optimizer_from_the_command_line_keeps_the_models_parameter_groups(in_tmp) -> None:
+    config = str(ROOT / "configs" / "listops" / "dependency.yaml")
+    args = ["--config", config, "--optimizer=SGD", "--optimizer.lr=0.05", "--model.parser_lr=0.001",
+            "--data.num_train=8", "--data.num_val=8"]  # fmt: skip
+    cli = ZooCLI(args, run=False)
+    optimizer = cli.model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    assert type(optimizer) is torch.optim.SGD
+    parser = {id(p) for p in cli.model.posterior_parameters()}
+    lrs = {g["lr"] for g in optimizer.param_groups if {id(p) for p in g["params"]} <= parser}
+    rest = [g["lr"] for g in optimizer.param_groups if not {id(p) for p in g["params"]} & parser]
+    assert lrs == {0.001} and rest == [0.05]  # the parser's own rate; --optimizer.lr elsewhere
+    scheduled = [*args, "--lr_scheduler=StepLR", "--lr_scheduler.step_size=10"]
+    with pytest.raises(ConfigError, match="parameter groups with their own settings"):
+        ZooCLI(scheduled, run=False).model.configure_optimizers()

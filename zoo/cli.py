@@ -195,6 +195,31 @@ class ZooCLI(LightningCLI):
             run=run,
         )
 
+    @staticmethod
+    def configure_optimizers(
+        lightning_module: L.LightningModule, optimizer: Any, lr_scheduler: Any = None
+    ) -> Any:
+        """LightningCLI's ``--optimizer`` (and ``--lr_scheduler``), over the model's
+        ``parameter_groups()``: a family's groups (the ListOps parser's own learning
+        rate) survive another optimizer; the group settings win over ``--optimizer``'s.
+
+        Raises:
+            ConfigError: ``--lr_scheduler`` with a model of several parameter groups (the
+                scheduler LightningCLI builds knows one group only).
+        """
+        groups_fn = getattr(lightning_module, "parameter_groups", None)
+        groups = groups_fn() if callable(groups_fn) else []
+        if len(groups) > 1:
+            if lr_scheduler is not None:
+                raise ConfigError(
+                    f"--lr_scheduler: {type(lightning_module).__name__} trains "
+                    f"{len(groups)} parameter groups with their own settings; a scheduler "
+                    "from the command line would see one. Drop --lr_scheduler, or give one "
+                    "group (e.g. leave parser_lr unset)."
+                )
+            optimizer = type(optimizer)(groups, **optimizer.defaults)
+        return LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ZooCheckpoint, "checkpoint")
         # Not among Lightning's callback groups: added in instantiate_trainer, unless

@@ -1171,8 +1171,8 @@ class LatentTreeClassifier(ListOpsClassifier):
         parser = self.posterior_parameters()
         ids = {id(p) for p in parser}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        lr = self.lr if self.parser_lr is None else self.parser_lr
-        return [{"params": rest}, {"params": parser, "lr": lr}]
+        own = {} if self.parser_lr is None else {"lr": self.parser_lr}  # else the optimizer's
+        return [{"params": rest}, {"params": parser, **own}]
 
     def parser_frozen(self) -> bool:
         """Whether this training step is within the parser's warm-up."""
