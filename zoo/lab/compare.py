@@ -14,9 +14,9 @@ setting is
 
 * an estimator group file (a YAML with a top-level ``class_path``, as in
   ``configs/estimator/``): passed as ``--model.estimator FILE``, or
-* a config overlay (a YAML with ``model``, ``trainer``, ... keys): passed as one
-  more ``--config FILE`` after the base, e.g. a fixed temperature without the
-  annealing callback;
+* a config overlay (a YAML with ``model``, ``annealing``, ``trainer``, ... keys):
+  passed as one more ``--config FILE`` after the base, e.g. an estimator with
+  its own temperature schedule (``annealing:``);
 
 named by its file's stem, or ``NAME=FILE``. Anything after ``--`` goes to every
 run. Afterwards the runs are read back from their event files and written as
