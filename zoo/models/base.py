@@ -567,12 +567,15 @@ class LatentVariableModel(L.LightningModule):
         (`upgrade_hyperparameters`) and the hyperparameters this class no longer takes
         left out; arguments given here win."""
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        hparams = dict(checkpoint.get("hyper_parameters", {}))
-        hparams.update(cls.upgrade_hyperparameters(hparams))
+        saved = checkpoint.get("hyper_parameters", {})
+        hparams = {**saved, **cls.upgrade_hyperparameters(saved)}
         takes = cls.init_parameter_names()
-        checkpoint["hyper_parameters"] = {
-            k: v for k, v in hparams.items() if k in takes or k.startswith("_")
-        }
+        hparams = {k: v for k, v in hparams.items() if k in takes or k.startswith("_")}
+        if hparams == saved:  # a checkpoint of this version: Lightning reads the file itself
+            if hasattr(checkpoint_path, "seek"):  # a file object, read once already
+                checkpoint_path.seek(0)
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        checkpoint["hyper_parameters"] = hparams
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         buffer.seek(0)
