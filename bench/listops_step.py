@@ -145,8 +145,7 @@ def test_half(structures: list[str]) -> None:
     """Seconds to test an (untrained) model on the whole 5,000-line development half, one thread.
 
     `Trainer.test` as ``train.py test`` runs it (length-sorted batches of 64 under
-    ``max_eval_cubed``), with the slowest batch: Lightning stops a test at the first
-    batch boundary after SIGTERM, so that batch bounds how long a SIGTERM waits.
+    ``max_eval_cubed``), with the slowest batch.
     """
     import logging
     import warnings

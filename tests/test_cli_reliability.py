@@ -5,6 +5,9 @@ Each test is one row of ``docs/reliability.md`` ("Command line and checkpoints")
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -286,3 +289,61 @@ def test_an_empty_listops_file_is_one_line(in_tmp, capsys) -> None:
             "--trainer.max_steps=1", *quiet_trainer_args()]  # fmt: skip
     line = one_line_error(capsys, args)
     assert "empty.tsv" in line
+
+
+# ------------------------------------------------------------- SIGTERM during evaluation
+class SigtermAt(L.Callback):
+    """Sends SIGTERM to its own process ``seconds`` into test or predict batch ``batch``;
+    writes ``finished_<i>`` when batch ``i`` ends (for the SIGTERM tests).
+    """
+
+    def __init__(self, batch: int = 0, seconds: float = 0.0) -> None:
+        self.batch = batch
+        self.seconds = seconds
+
+    def _start(self, batch_idx: int) -> None:
+        if batch_idx == self.batch:
+            kill = threading.Timer(self.seconds, os.kill, (os.getpid(), signal.SIGTERM))
+            kill.daemon = True
+            kill.start()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._start(batch_idx)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._start(batch_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        Path(f"finished_{batch_idx}").touch()
+
+    on_predict_batch_end = on_test_batch_end
+
+
+def test_sigterm_stops_a_test_inside_its_batch(in_tmp) -> None:
+    """A 900-symbol expression is one batch of many seconds: Lightning finished it, then
+    exited 0 as if the test had run; SIGTERM now stops it where it is, exit status 143."""
+    digits = " ".join(str(i % 10) for i in range(898))
+    (in_tmp / "long.tsv").write_text(f"9\t[MAX {digits} ]\n")
+    config = ROOT / "configs" / "listops" / "dependency.yaml"
+    result = run_train_py(
+        "test", "--config", str(config), "--data.test_file=long.tsv", "--data.num_train=8",
+        "--trainer.callbacks+=tests.test_cli_reliability.SigtermAt",
+        "--trainer.callbacks.seconds=0.5", *quiet_trainer_args(),
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert "test stopped by SIGTERM" in result.stderr
+    assert not (in_tmp / "finished_0").exists()  # stopped inside the batch
+
+
+def test_sigterm_during_predict_leaves_no_half_written_file(in_tmp) -> None:
+    out = in_tmp / "tags.conllu"
+    result = run_train_py(
+        "predict", *TINY_TAGGER, "--data.num_test=64",
+        "--trainer.callbacks+=zoo.callbacks.InducedTagWriter",
+        f"--trainer.callbacks.output_path={out}",
+        "--trainer.callbacks+=tests.test_cli_reliability.SigtermAt", "--trainer.callbacks.batch=1",
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert "predict stopped by SIGTERM" in result.stderr
+    assert (in_tmp / "finished_0").exists()  # the first batch had been written...
+    assert not out.exists() and not Path(f"{out}.part").exists()  # ...and nothing is left

@@ -15,6 +15,7 @@ r"""Callbacks: temperature annealing, curricula, pictures for TensorBoard, predi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -489,13 +490,26 @@ class InducedTagWriter(BasePredictionWriter):
         self.key = key
         self._started = False
 
+    @property
+    def partial_path(self) -> str:
+        """Where the sentences go until the last batch: renamed to ``output_path`` at
+        the end, removed if predicting stops early (SIGTERM, Ctrl-C, an error)."""
+        return f"{self.output_path}.part"
+
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.output_path)), exist_ok=True)
-        open(self.output_path, "w", encoding="utf-8").close()
+        open(self.partial_path, "w", encoding="utf-8").close()
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        os.replace(self.partial_path, self.output_path)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.partial_path)
 
     def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
                            batch: Any, batch_idx: int, dataloader_idx: int) -> None:  # fmt: skip
-        with open(self.output_path, "a", encoding="utf-8") as handle:
+        with open(self.partial_path, "a", encoding="utf-8") as handle:
             tags = prediction["tags"].cpu()
             sentences = prediction.get("sentences") or [None] * len(prediction["words"])
             for i, (words, sentence) in enumerate(zip(prediction["words"], sentences, strict=True)):

@@ -52,6 +52,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -64,7 +65,7 @@ from jsonargparse import Namespace, dict_to_namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 # Imported for their side effect as well: class-name shorthand on the command
 # line resolves among the imported subclasses.
@@ -328,6 +329,39 @@ class ZooCLI(LightningCLI):
             f"--ckpt_path last: no run of this model and estimator with a last.ckpt under "
             f"{where}/; leave --ckpt_path out to start a new run, or give a checkpoint's path"
         )
+
+    # ------------------------------------------------- evaluation stops at SIGTERM at once
+    def before_validate(self) -> None:
+        self._stop_at_once_on_sigterm()
+
+    def before_test(self) -> None:
+        self._stop_at_once_on_sigterm()
+
+    def before_predict(self) -> None:
+        self._stop_at_once_on_sigterm()
+
+    def after_validate(self) -> None:
+        signal.signal(signal.SIGTERM, self._sigterm_before)
+
+    after_test = after_predict = after_validate
+
+    def _stop_at_once_on_sigterm(self) -> None:
+        """``validate``, ``test`` and ``predict`` stop at once on SIGTERM, exit status 143.
+
+        Lightning only notes the signal and stops at the next batch boundary, with
+        exit status 0; one batch of long ListOps expressions takes tens of seconds.
+        An evaluation has nothing to save, so it stops where it is (a prediction
+        writer removes its unfinished file). Lightning's own handler still runs
+        first (it composes with the handler found); ``fit`` keeps its behaviour:
+        it stops at the end of the step and saves its checkpoint.
+        """
+        subcommand = self.subcommand
+
+        def stop(signum: int, frame: Any) -> NoReturn:
+            sys.stderr.write(f"\n{subcommand} stopped by SIGTERM (signal {signum})\n")
+            raise SIGTERMException(128 + signum)
+
+        self._sigterm_before = signal.signal(signal.SIGTERM, stop)
 
     # --------------------------------------------------------------- instantiation
     def before_instantiate_classes(self) -> None:
