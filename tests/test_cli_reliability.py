@@ -104,6 +104,26 @@ def test_test_from_a_checkpoint_uses_the_data_it_was_trained_on(in_tmp) -> None:
     assert again.datamodule.batch_size == 4 and again.datamodule.vocab_size == 30
 
 
+@pytest.mark.parametrize("family", ["vae", "tagger"])
+def test_a_checkpoint_alone_is_enough_to_test_and_predict(in_tmp, family: str) -> None:
+    """``train.py test --ckpt_path run.ckpt`` without the config: "test.model and test.data
+    are required"; now the checkpoint gives both, and the result is the full command's."""
+    args = TINY_TAGGER if family == "tagger" else VAE
+    ZooCLI(["fit", *args, "--trainer.max_steps=2"])
+    ckpt = next(in_tmp.glob(f"lightning_logs/{family}/version_0/checkpoints/last.ckpt"))
+    full = ZooCLI(["test", *args, f"--ckpt_path={ckpt}"])
+    alone = ZooCLI(["test", "--ckpt_path", str(ckpt), *quiet_trainer_args()])
+    assert type(alone.model) is type(full.model)
+    assert alone.model.hparams == full.model.hparams
+    key = "test/nll" if family == "tagger" else "test/neg_elbo"
+    assert float(alone.trainer.callback_metrics[key]) == float(full.trainer.callback_metrics[key])
+    # the command line still applies on top
+    alone = ZooCLI(["test", f"--ckpt_path={ckpt}", "--data.batch_size=4", *quiet_trainer_args()])
+    assert alone.datamodule.batch_size == 4
+    predicted = ZooCLI(["predict", f"--ckpt_path={ckpt}", *quiet_trainer_args()])
+    assert predicted.trainer.predict_loop.predictions
+
+
 def test_data_that_does_not_fit_the_checkpoint_is_one_line(in_tmp, capsys) -> None:
     ZooCLI(["fit", *TINY_TAGGER, "--data.vocab_size=30", "--trainer.max_steps=1"])
     ckpt = next(in_tmp.glob("lightning_logs/tagger/version_0/checkpoints/last.ckpt"))

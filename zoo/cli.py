@@ -31,7 +31,8 @@ On top of Lightning's defaults it
 * builds the model of ``--ckpt_path`` from the checkpoint (LightningCLI's rule)
   and its data from the data settings the checkpoint was trained with (which
   the CLI stores in every checkpoint under ``"zoo_data"``), with the command
-  line's and config's data settings on top; a checkpoint of another model
+  line's and config's data settings on top (``train.py test --ckpt_path
+  run.ckpt`` needs no config at all); a checkpoint of another model
   class, or a file that is no checkpoint, is a one-line error,
 * checks, once the model is built, that its estimator applies to its structure
   and model (`zoo.estimators.compatibility`),
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import os
 import signal
@@ -256,6 +258,10 @@ class ZooCLI(LightningCLI):
 
         LightningCLI itself then builds the model from the checkpoint's hyperparameters.
         """
+        if args is None:  # the program's own command line, completed in place
+            sys.argv[1:] = _complete_from_checkpoint(sys.argv[1:])
+        elif isinstance(args, list):
+            args = _complete_from_checkpoint(args)
         super().parse_arguments(parser, args)
         self.subcommand = self.config.get("subcommand")
         if not self.subcommand:
@@ -478,6 +484,51 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict)"
         )
     return checkpoint
+
+
+EVALUATING = ("validate", "test", "predict")
+
+
+def _complete_from_checkpoint(args: list[str]) -> list[str]:
+    """``train.py test --ckpt_path run.ckpt`` alone: the model and data are the checkpoint's.
+
+    When ``validate``, ``test`` or ``predict`` names a checkpoint file and no
+    ``--config`` and no class for ``--model`` or ``--data``, the checkpoint's model class with its
+    hyperparameters (upgraded, as `LatentVariableModel.load_from_checkpoint` does)
+    and its data settings become ``--model`` and ``--data``. Anything else after
+    them on the command line still applies.
+    """
+    if not args or args[0] not in EVALUATING:
+        return args
+    rest = args[1:]
+
+    def given(*flags: str) -> bool:  # --data.batch_size=4 still goes on top of the checkpoint's
+        return any(a == f or a.startswith(f"{f}=") for a in rest for f in flags)
+
+    if given("--config", "-c", "--model", "--data"):
+        return args
+    path = None
+    for i, arg in enumerate(rest):
+        if arg.startswith("--ckpt_path="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--ckpt_path" and i + 1 < len(rest):
+            path = rest[i + 1]
+    if path is None or not Path(path).is_file():
+        return args  # none, or "last" (which needs the model to find its run)
+    checkpoint = read_checkpoint(path)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    class_path = checkpoint.get(MODEL_CLASS_KEY) or hparams.get("_class_path")
+    model_class = _import_class(class_path) if class_path else None
+    data = checkpoint.get(DATA_KEY)
+    if model_class is None or data is None:
+        return args  # the parser then asks for --model and --data
+    if isinstance(model_class, type) and issubclass(model_class, LatentVariableModel):
+        hparams.update(model_class.upgrade_hyperparameters(hparams))
+        hparams = {k: v for k, v in hparams.items() if k in model_class.init_parameter_names()}
+    else:
+        hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    model = {"class_path": class_path, "init_args": hparams}
+    return [args[0], f"--model={json.dumps(model)}", f"--data={json.dumps(data)}", *rest]
 
 
 def _check_model_class(checkpoint: dict[str, Any], asked: str | None, path: str) -> None:
