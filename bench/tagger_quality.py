@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zoo.data.ud import UDTaggingDataModule
 from zoo.estimators import (
+    GappedStraightThrough,
     GreedyBaseline,
     GumbelCRF,
     GumbelSoftmax,
@@ -49,6 +50,7 @@ from zoo.estimators import (
     MovingAverageBaseline,
     PerturbAndMAP,
     Reinforce,
+    ReinMax,
     StraightThrough,
 )
 from zoo.models.tagger import (
@@ -68,6 +70,8 @@ SETTINGS = {  # each takes the temperature τ of its mode (the others ignore it)
     "reinforce-ema": lambda tau: Reinforce(1, MovingAverageBaseline(0.99)),
     "reinforce-loo": lambda tau: Reinforce(4, LeaveOneOutBaseline()),
     "reinforce-greedy": lambda tau: Reinforce(1, GreedyBaseline()),
+    "reinmax": lambda tau: ReinMax(temperature=tau),
+    "gapped-st": lambda tau: GappedStraightThrough(temperature=tau),
 }
 SAMPLED = [s for s in SETTINGS if s not in ("exact", "marginal-likelihood")]
 RECIPE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tagger" / "hmm.yaml"
