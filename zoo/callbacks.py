@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from zoo.data.ud import Sentence
-from zoo.estimators import Estimator
+from zoo.estimators import BaselineSizeError, Estimator
 from zoo.models.components import image_grid
 
 __all__ = [
@@ -458,6 +458,8 @@ class ZooCheckpoint(ModelCheckpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        if isinstance(exception, BaselineSizeError):
+            return  # a setting to change: nothing worth saving or resuming
         super().on_exception(trainer, pl_module, exception)
         if not (self.save_on_exception and self.last_model_path) or trainer.sanity_checking:
             return

@@ -37,6 +37,9 @@ On top of Lightning's defaults it
 * checks, once the model is built, that its estimator applies to its structure
   and model (`zoo.estimators.compatibility`),
 * writes no checkpoint under ``--trainer.fast_dev_run``,
+* reads an integer ``--trainer.limit_{train,val,test,predict}_batches`` as a number
+  of batches and a float as a fraction, as Lightning documents (``1`` is one
+  batch, ``1.0`` all of them),
 * says what is wrong with a command line in one line: a bad value, the message
   of the ``ValueError``/``TypeError`` a constructor raised, missing data or a
   trainer setting Lightning refuses, without the usage or the traceback
@@ -77,6 +80,7 @@ import zoo.estimators
 import zoo.models
 from zoo.callbacks import TemperatureAnnealing, ZooCheckpoint, ZooProgressBar
 from zoo.data import DataError, DataNotFoundError
+from zoo.estimators.baselines import BaselineSizeError
 from zoo.estimators.compatibility import (
     IncompatibleEstimatorError,
     check_estimator,
@@ -239,6 +243,7 @@ class ZooCLI(LightningCLI):
         )
         for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+        _integers_count_batches(parser)
         parser.add_argument(
             "--progress_bar_refresh_rate",
             type=int,
@@ -555,6 +560,24 @@ def _import_class(path: str) -> type | None:
         return None
 
 
+BATCH_LIMITS = tuple(
+    f"trainer.limit_{stage}_batches" for stage in ("train", "val", "test", "predict")
+)
+"""The trainer's settings where an int is a number of batches and a float a fraction."""
+
+
+def _integers_count_batches(parser: LightningArgumentParser) -> None:
+    """``--trainer.limit_val_batches=1`` is one batch, ``=1.0`` all of them, as Lightning documents.
+
+    The Trainer annotates these ``float | int | None``, and jsonargparse tries the
+    types in that order, so an integer from the command line or a config became a
+    float: ``1`` meant 1.0, every batch. Trying ``int`` first keeps integers integers.
+    """
+    for action in parser._actions:
+        if action.dest in BATCH_LIMITS and hasattr(action, "_typehint"):
+            action._typehint = int | float | None
+
+
 def _name_the_logs(config: Namespace) -> None:
     """TensorBoard logs go under ``<default_root_dir>/lightning_logs/<family>``."""
     logger = _tensorboard_config(config)
@@ -651,7 +674,9 @@ def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
     """Run the zoo's command line; ``args`` as after ``train.py`` (None: ``sys.argv``).
 
     A `ConfigError` (a value a constructor rejected, say
-    ``--model.estimator.temperature=0``), a `zoo.data.DataNotFoundError`, a `zoo.data.DataError` (an empty or malformed file) or a
+    ``--model.estimator.temperature=0``), a `zoo.data.DataNotFoundError`, a `zoo.data.DataError` (an empty or malformed file),
+    a `zoo.estimators.BaselineSizeError` (a ``LearnedBaseline`` that cannot read the
+    model's events, found at the first step) or a
     trainer setting Lightning refuses ends the program with its message alone
     and exit status 2; ``ZOO_TRACEBACK=1`` raises it with its traceback.
 
@@ -667,7 +692,13 @@ def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
     """
     try:
         cli = ZooCLI(args=args, run=run)
-    except (ConfigError, DataError, DataNotFoundError, MisconfigurationException) as error:
+    except (
+        ConfigError,
+        DataError,
+        DataNotFoundError,
+        MisconfigurationException,
+        BaselineSizeError,
+    ) as error:
         if _full_errors():
             raise
         sys.stderr.write(f"error: {error}\n({TRACEBACK_ENV}=1 shows the traceback)\n")

@@ -357,7 +357,9 @@ def generate(
             if misses > 100 * max(num, 100):
                 raise DataError(
                     f"generate: found only {len(examples)} of {num} admissible expressions "
-                    f"(min_length={min_length}, max_length={max_length}, unique={unique})"
+                    f"(min_length={min_length}, max_length={max_length}, max_depth={max_depth}, "
+                    f"unique={unique}) in {misses} draws; allow longer or deeper expressions "
+                    f"(max_length, max_depth) or ask for fewer"
                 )
             continue
         if unique:

@@ -5,6 +5,7 @@ from zoo.estimators.arm import ARM, DisARM
 from zoo.estimators.base import CostFn, Estimate, Estimator, TemperedEstimator, as_estimator
 from zoo.estimators.baselines import (
     Baseline,
+    BaselineSizeError,
     GreedyBaseline,
     LearnedBaseline,
     LeaveOneOutBaseline,
@@ -29,6 +30,7 @@ from zoo.estimators.vimco import VIMCO
 __all__ = [
     "ARM",
     "Baseline",
+    "BaselineSizeError",
     "Configurable",
     "CostFn",
     "DisARM",

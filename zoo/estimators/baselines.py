@@ -34,6 +34,7 @@ from zoo.structures import Structure
 
 __all__ = [
     "Baseline",
+    "BaselineSizeError",
     "global_mean",
     "GreedyBaseline",
     "LearnedBaseline",
@@ -140,6 +141,15 @@ class LeaveOneOutBaseline(Baseline):
         return (cost.sum(0, keepdim=True) - cost) / (num - 1)
 
 
+class BaselineSizeError(ValueError):
+    """`LearnedBaseline` given events it cannot read (another number of parts than
+    ``in_features``, or events whose size varies with the input).
+
+    A setting to change, found at the first step: ``train.py`` prints the message
+    alone (exit status 2), and no checkpoint is written for it.
+    """
+
+
 class LearnedBaseline(Baseline):
     """b = MLP(θ), an input-dependent baseline trained by regression on the cost (NVIL).
 
@@ -154,7 +164,8 @@ class LearnedBaseline(Baseline):
         hidden_features: width of the hidden layer.
 
     Raises:
-        ValueError: non-positive sizes; at a step, events whose size is not ``in_features``.
+        ValueError: non-positive sizes.
+        BaselineSizeError: (a ValueError) at a step, events whose size is not ``in_features``.
     """
 
     def __init__(self, in_features: int | None = None, hidden_features: int = 64) -> None:
@@ -175,16 +186,19 @@ class LearnedBaseline(Baseline):
     def forward(self, q: Structure, cost: Tensor, extra_cost: Tensor | None) -> Tensor:
         theta = q.log_potentials.detach()
         features = theta.reshape(*q.batch_shape, -1)  # (*batch, parts)
+        if q.lengths is not None:  # no in_features fits: the batch's longest decides
+            raise BaselineSizeError(
+                f"LearnedBaseline(in_features={self.in_features}) cannot apply: these events "
+                f"vary in size with the input (lengths; {features.shape[-1]} parts in this "
+                f"batch, event shape {tuple(q.event_shape)}), and a regression on a fixed "
+                "number of parts cannot read them: use LeaveOneOutBaseline, GreedyBaseline "
+                "or MovingAverageBaseline"
+            )
         if features.shape[-1] != self.in_features or self.net is None:
-            varying = "" if q.lengths is None else (
-                "; these events vary in size with the input (lengths), and a regression on a "
-                "fixed number of parts cannot read them: use LeaveOneOutBaseline, "
-                "GreedyBaseline or MovingAverageBaseline"
-            )  # fmt: skip
-            raise ValueError(
+            raise BaselineSizeError(
                 f"LearnedBaseline(in_features={self.in_features}) got events with "
                 f"{features.shape[-1]} parts (event shape {tuple(q.event_shape)}): set "
-                f"in_features={features.shape[-1]}{varying}"
+                f"in_features={features.shape[-1]}"
             )
         # Forbidden parts (θ = -inf) would poison the regression: read them as 0.
         features = torch.nan_to_num(features, neginf=0.0, posinf=0.0).to(self.net[0].weight.dtype)
