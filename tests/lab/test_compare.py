@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from zoo.lab.compare import main, parse_settings
 from zoo.lab.events import Series, over_seeds
@@ -142,11 +143,26 @@ def test_settings_are_read_and_checked(tmp_path, files) -> None:
         parse_settings([str(tmp_path / "list.yaml")])
 
 
-def test_bad_arguments_exit_with_a_message(files, tmp_path, capsys) -> None:
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--seeds", "0"], "--seeds must be ≥ 1, got 0"),
+        (["--max_steps", "-3"], "--max_steps must be ≥ 1, got -3"),
+        (["--max_steps", "abc"], "argument --max_steps: invalid int value: 'abc'"),
+        (["--estimators", "missing.yaml"], "setting 'missing.yaml': no file at missing.yaml"),
+        (["--config", "missing.yaml"], "--config: no file at missing.yaml"),
+    ],
+    ids=["seeds-0", "max_steps-negative", "max_steps-abc", "missing-estimator", "missing-config"],
+)
+def test_bad_arguments_exit_with_a_message(files, tmp_path, capsys, extra, message) -> None:
+    """The message first and alone (argparse printed it last, under nine lines of usage)."""
+    with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(files["base"]), "--estimators", str(files["gumbel"]),
-              "--out", str(tmp_path), "--seeds", "0"])  # fmt: skip
-    assert "--seeds must be ≥ 1, got 0" in capsys.readouterr().err
+              "--out", str(tmp_path), *extra])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"error: {message}", err
+    assert len(err) == 2 and "usage:" not in err[1]
 
 
 def test_bands_over_seeds_on_common_steps() -> None:
@@ -184,3 +200,21 @@ def test_subprocess_runs_two_at_a_time_with_test_and_logs(files, tmp_path) -> No
     log = (out / "runs" / "gumbel" / "seed_0" / "train.log").read_text()
     assert log.startswith("$ python train.py fit --config")
     assert "$ python train.py test --config" in log
+
+
+def test_a_whole_config_as_a_setting_is_applied_on_top_of_the_base(files, tmp_path) -> None:
+    overlay = tmp_path / "hot.yaml"
+    overlay.write_text("model:\n  init_args:\n    lr: 0.1\n    hidden_sizes: [5]\n")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "--config", str(files["base"]), "--estimators", f"hot={overlay}",
+            "--max_steps", "2", "--out", str(out), "--jobs", "0", "--grad_every", "0",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    saved = yaml.safe_load((out / "runs" / "hot" / "seed_0" / "config.yaml").read_text())
+    model = saved["model"]["init_args"]
+    assert model["lr"] == 0.1 and model["hidden_sizes"] == [5]  # the overlay's
+    assert model["latent"]["init_args"]["num_classes"] == 4  # the base's, untouched
+    assert [r["status"] for r in csv.DictReader((out / "results.csv").open())] == ["finished"]

@@ -49,6 +49,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import yaml
@@ -471,8 +472,16 @@ def _curve_tags(bands: dict[str, dict[str, Band]]) -> list[str]:
 
 
 # -------------------------------------------------------------------- main
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an error's message first and alone (argparse put it under the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message}\n({self.prog} --help lists the options)\n")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m zoo.lab.compare",
         description="Compare estimators (or config overlays) on one experiment over seeds; "
         "arguments after -- go to every train.py run.",
