@@ -303,6 +303,15 @@ def test_bad_arguments() -> None:
         UDTaggingDataModule(limit=0)
 
 
+@pytest.mark.parametrize("limit", [0, -1, 1.5])
+def test_read_conllu_refuses_a_limit_below_one(tmp_path: Path, limit) -> None:
+    """``read_conllu(path, limit=0)`` (or -1) returned the first sentence, ``limit=1.5`` two."""
+    path = write(tmp_path, GOOD)
+    with pytest.raises(ValueError, match=rf"read_conllu: limit must be (>= 1|an int), got {limit}"):
+        read_conllu(path, limit=limit)
+    assert len(read_conllu(path, limit=1)) == 1
+
+
 def test_crlf_line_ends_and_no_final_blank_line_read_the_same(tmp_path: Path) -> None:
     crlf = write(tmp_path, GOOD.rstrip("\n").replace("\n", "\r\n"), "crlf.conllu")
     expected = read_conllu(write(tmp_path, GOOD))

@@ -175,6 +175,28 @@ def test_the_binary_composer_evaluates_hard_trees_exactly() -> None:
         torch.testing.assert_close(composer(batch["x"], gold_spans(batch), batch["lengths"]), out)
 
 
+def test_a_tree_deeper_than_num_rounds_is_evaluated_exactly() -> None:
+    """The newcomer probe's deep expression (depth 300: accuracy 0 and no word on
+    ``num_rounds = 20``): depth 40 on its gold tree gives the bottom-up value, both composers."""
+    depth = 40
+    expression = "[SM 1 " * depth + "3" + " ]" * depth
+    example = parse_line(f"{(depth + 3) % 10}\t{expression}")  # the reader checks the label
+    assert example.depth == depth > 20
+    deep = parse_line(f"7\t{'[MAX ' * 300}7{' ]' * 300}")  # the probe's depth, read and evaluated
+    assert deep.label == 7 and deep.depth == 300
+    torch.manual_seed(0)
+    batch = collate([example])
+    tokens = batch["x"][0].tolist()
+    dependency = DependencyComposer(16, 8, 16, num_rounds=20)
+    binary = BinaryComposer(16, 8, 12)
+    with torch.no_grad():
+        got = dependency(batch["x"], gold_arcs(batch))[0]
+        heads = batch["heads"][0].tolist()
+        torch.testing.assert_close(got, _dependency_reference(dependency, tokens, heads))
+        got = binary(batch["x"], gold_spans(batch), batch["lengths"])[0]
+        torch.testing.assert_close(got, _binary_reference(binary, tokens, set(example.spans)))
+
+
 def test_the_composers_take_relaxed_trees(batch) -> None:
     torch.manual_seed(0)
     model = LatentTreeClassifier(GumbelSoftmax(), hidden_dim=8)

@@ -200,7 +200,7 @@ def test_invalid_potentials_raise_value_error(case: StructureCase) -> None:
         kind(q.log_potentials, lengths=torch.full(q.batch_shape, n), **q.extra_args())
     except ValueError:
         return  # a structure without lengths (the tutorial's k-subsets)
-    for bad in (0, n + 1):
+    for bad in (0, -1, n + 1):
         with pytest.raises(ValueError, match=rf"lengths must lie in \[1, {n}\]"):
             kind(q.log_potentials, lengths=torch.full(q.batch_shape, bad), **q.extra_args())
     with pytest.raises(ValueError, match="integer"):

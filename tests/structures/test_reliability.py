@@ -4,6 +4,7 @@
 * An empty support (every part -inf): log Z = -inf, zero marginals and
   entropy, log q = -inf, no NaN anywhere (gradients included), and `argmax` /
   `sample` raise a ValueError instead of returning a non-structure.
+* A categorical of K = 0 classes: an empty support, as above.
 * An empty batch (B = 0): every method returns an empty result.
 * Sample shapes: ``sample(0)`` is an empty leading dimension, a non-integer a
   TypeError naming it, a negative size a ValueError.
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from tests.cases import STRUCTURE_CASES, StructureCase
-from zoo.structures import Bernoulli, LinearChainCRF, Structure
+from zoo.structures import Bernoulli, Categorical, LinearChainCRF, Structure
 
 EVERY = pytest.mark.parametrize("case", STRUCTURE_CASES, ids=str)
 # Bernoulli never has an empty support (θ = -inf makes z = 0 certain), and a
@@ -53,6 +54,21 @@ def test_empty_support_gives_minus_inf_and_no_nan(case: StructureCase) -> None:
     assert not torch.isnan(q.rsample(3, 0.5)).any()
     for method in (q.argmax, lambda: q.sample(4), lambda: q.rsample_with_hard(2)):
         with pytest.raises(ValueError, match="support is empty"):
+            method()
+
+
+def test_a_categorical_of_no_class_has_an_empty_support() -> None:
+    """K = 0 (the newcomer probe): no outcome, so log Z = -inf, as for every value -inf."""
+    q = Categorical(torch.zeros(3, 2, 0, dtype=torch.float64, requires_grad=True))
+    assert q.batch_shape == (3,) and q.event_shape == (2, 0)
+    assert (q.log_partition() == -math.inf).all()
+    assert q.marginals().shape == (3, 2, 0)
+    torch.testing.assert_close(q.entropy(), torch.zeros(3, dtype=torch.float64))
+    assert (q.log_prob(torch.zeros(3, 2, 0, dtype=torch.float64)) == -math.inf).all()
+    assert not torch.isnan(torch.distributions.kl_divergence(q, q)).any()
+    assert q.rsample(4, 0.5).shape == (4, 3, 2, 0)
+    for method in (q.argmax, lambda: q.sample(2)):
+        with pytest.raises(ValueError, match=r"support is empty \(K = 0: a variable with no value"):
             method()
 
 

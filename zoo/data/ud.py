@@ -133,12 +133,15 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
 
     Raises:
         FileNotFoundError: no such file.
+        ValueError: ``limit`` is not an integer ≥ 1 (0 returned the first sentence).
         DataError: (a ValueError) a malformed line (not 10 tab-separated columns, a bad ID, IDs
             out of order, an empty FORM, a sentence without words), naming the
             file and line number; a file that cannot be read (a truncated or
             corrupt gzip, bytes that are not UTF-8), naming the file and the
             last line read.
     """
+    if limit is not None:
+        _check_int("read_conllu: limit", limit, minimum=1)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no CoNLL-U file at {path}")

@@ -131,9 +131,11 @@ class Categorical(_Factorized):
     def _check_support(self, what: str) -> None:
         empty = self._safe()[1]
         if bool(empty.any()):
+            none = self.log_potentials.shape[-1] == 0
+            why = "K = 0: a variable with no value" if none else "a variable with every value -inf"
             raise ValueError(
-                f"Categorical.{what}: the support is empty (a variable with every value "
-                f"-inf) at flat batch index {empty.reshape(-1).nonzero()[:5, 0].tolist()}"
+                f"Categorical.{what}: the support is empty ({why}) at flat batch index "
+                f"{empty.reshape(-1).nonzero()[:5, 0].tolist()}"
             )
 
     def argmax(self) -> Tensor:
