@@ -313,7 +313,8 @@ def test_an_empty_listops_file_is_one_line(in_tmp, capsys) -> None:
 
 # ------------------------------------------------------------- SIGTERM during evaluation
 class SigtermAt(L.Callback):
-    """Sends SIGTERM to its own process ``seconds`` into test or predict batch ``batch``;
+    """Sends SIGTERM to its own process ``seconds`` into test or predict batch ``batch`` (or
+    training step ``batch``);
     writes ``finished_<i>`` when batch ``i`` ends (for the SIGTERM tests).
     """
 
@@ -332,6 +333,9 @@ class SigtermAt(L.Callback):
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self._start(batch_idx)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start(trainer.global_step)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         Path(f"finished_{batch_idx}").touch()
@@ -367,3 +371,15 @@ def test_sigterm_during_predict_leaves_no_half_written_file(in_tmp) -> None:
     assert "predict stopped by SIGTERM" in result.stderr
     assert (in_tmp / "finished_0").exists()  # the first batch had been written...
     assert not out.exists() and not Path(f"{out}.part").exists()  # ...and nothing is left
+
+
+def test_sigterm_during_fit_saves_and_exits_143(in_tmp) -> None:
+    """Lightning stops fit at the end of the step and saves; the exit status was 0."""
+    result = run_train_py(
+        "fit", *VAE, "--trainer.max_steps=200",
+        "--trainer.callbacks+=tests.test_cli_reliability.SigtermAt", "--trainer.callbacks.batch=3",
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    text = result.stdout + result.stderr
+    assert "Training stopped by SIGTERM at step" in text and "--ckpt_path last" in text
+    assert list(in_tmp.glob("lightning_logs/vae/version_0/checkpoints/last.ckpt"))

@@ -678,7 +678,8 @@ def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
     a `zoo.estimators.BaselineSizeError` (a ``LearnedBaseline`` that cannot read the
     model's events, found at the first step) or a
     trainer setting Lightning refuses ends the program with its message alone
-    and exit status 2; ``ZOO_TRACEBACK=1`` raises it with its traceback.
+    and exit status 2; ``ZOO_TRACEBACK=1`` raises it with its traceback. A run
+    stopped by SIGTERM ends with exit status 143 (128 + 15), as a shell expects.
 
     Args:
         args: the command-line arguments; None reads ``sys.argv``.
@@ -703,6 +704,8 @@ def main(args: ArgsType = None, run: bool = True) -> ZooCLI | None:
             raise
         sys.stderr.write(f"error: {error}\n({TRACEBACK_ENV}=1 shows the traceback)\n")
         raise SystemExit(2) from None
+    except SIGTERMException as stop:  # Lightning's, after fit saved its checkpoint: status 0
+        raise SystemExit(stop.code if stop.code else 128 + signal.SIGTERM) from None
     if run:
         _close_process_group()
     return None if run else cli
