@@ -176,6 +176,36 @@ class ZooArgumentParser(LightningArgumentParser):
         raise SystemExit(2)
 
 
+class ZooTrainer(L.Trainer):
+    """Lightning's `Trainer`, whose batch limits read an integer as a number of batches.
+
+    ``limit_{train,val,test,predict}_batches``: an int is a number of batches, a
+    float a fraction, as Lightning documents (``1`` is one batch, ``1.0`` all of
+    them). Read from the `Trainer` class itself, jsonargparse tried ``float``
+    first, so ``--trainer.limit_val_batches=1`` (or ``1`` in a config) meant
+    every batch; declared here, ``int`` comes first. Everything else is the
+    `Trainer`'s.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            **kwargs,
+        )
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI for the zoo: see the module docstring.
 
@@ -193,6 +223,7 @@ class ZooCLI(LightningCLI):
         super().__init__(
             LatentVariableModel,
             L.LightningDataModule,
+            trainer_class=ZooTrainer,
             subclass_mode_model=True,
             subclass_mode_data=True,
             parser_class=ZooArgumentParser,
@@ -243,7 +274,6 @@ class ZooCLI(LightningCLI):
         )
         for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
-        _integers_count_batches(parser)
         parser.add_argument(
             "--progress_bar_refresh_rate",
             type=int,
@@ -558,24 +588,6 @@ def _import_class(path: str) -> type | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return None
-
-
-BATCH_LIMITS = tuple(
-    f"trainer.limit_{stage}_batches" for stage in ("train", "val", "test", "predict")
-)
-"""The trainer's settings where an int is a number of batches and a float a fraction."""
-
-
-def _integers_count_batches(parser: LightningArgumentParser) -> None:
-    """``--trainer.limit_val_batches=1`` is one batch, ``=1.0`` all of them, as Lightning documents.
-
-    The Trainer annotates these ``float | int | None``, and jsonargparse tries the
-    types in that order, so an integer from the command line or a config became a
-    float: ``1`` meant 1.0, every batch. Trying ``int`` first keeps integers integers.
-    """
-    for action in parser._actions:
-        if action.dest in BATCH_LIMITS and hasattr(action, "_typehint"):
-            action._typehint = int | float | None
 
 
 def _name_the_logs(config: Namespace) -> None:

@@ -154,6 +154,17 @@ def test_the_entropy_weight_is_adapted_towards_the_target(tmp_path, monkeypatch)
     assert "entropy_weight" not in _model(entropy_weight=0.1).state_dict()
 
 
+def test_the_adapted_entropy_weight_stops_at_its_cap() -> None:
+    batch = collate(generate(8, seed=0, min_length=3, max_length=12))
+    model = _model(entropy_weight=0.1, target_entropy=5.0, target_rate=0.5, max_entropy_weight=1.0)
+    for _ in range(10):  # H/N ≈ 1.2, far below 5: λ would reach 0.1 + 10 · 0.5 · 3.8 ≈ 19
+        model.regularizer(model.posterior(batch), batch)
+        model.on_train_batch_end(None, batch, 0)
+    assert float(model.entropy_weight) == 1.0
+    with pytest.raises(ValueError, match=r"max_entropy_weight must be ≥ entropy_weight \(0.5\)"):
+        _model(entropy_weight=0.5, max_entropy_weight=0.1)
+
+
 def test_an_adapted_entropy_bonus_keeps_the_entropy_up(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     batch = collate(generate(8, seed=0, min_length=3, max_length=12))

@@ -1048,7 +1048,8 @@ class LatentTreeClassifier(ListOpsClassifier):
     * ``parser_lr``: the parser's own learning rate (a second Adam parameter
       group; Havrylov et al. 2019 train parser and composer with two optimizers);
     * ``entropy_weight`` and ``target_entropy``: λ, fixed, or adapted after every
-      training step as λ ← clip(λ + ``target_rate`` · (target − H/N), 0, 100), dual
+      training step as λ ← clip(λ + ``target_rate`` · (target − H/N), 0,
+      ``max_entropy_weight``), dual
       ascent on the constraint H/N ≥ target (λ its Lagrange multiplier; SAC adapts
       its temperature so, Haarnoja et al. 2018), which holds the entropy per
       token near the target;
@@ -1072,6 +1073,10 @@ class LatentTreeClassifier(ListOpsClassifier):
         entropy_weight: λ ≥ 0 of the entropy bonus per token (the start value when adapted).
         target_entropy: None: λ fixed; else the entropy per token λ is adapted towards.
         target_rate: the step of λ's adaptation per unit of entropy gap (per token).
+        max_entropy_weight: the largest λ the adaptation reaches. While the entropy stays
+            below the target, λ grows by ``target_rate`` × the gap at every step; a cap
+            keeps it from winding up (λ = 4 after 400 steps near H = 0 kicked a parser out
+            of its trees: docs/listops.md).
         parser_lr: the parser's learning rate; None: ``lr``.
         parser_warmup_steps: training steps during which the parser is frozen.
         lr: learning rate of Adam (the composer's, and the parser's without ``parser_lr``).
@@ -1106,6 +1111,7 @@ class LatentTreeClassifier(ListOpsClassifier):
         entropy_weight: float = 0.0,
         target_entropy: float | None = None,
         target_rate: float = 0.05,
+        max_entropy_weight: float = 100.0,
         parser_lr: float | None = None,
         parser_warmup_steps: int = 0,
         lr: float = 1e-3,
@@ -1121,6 +1127,11 @@ class LatentTreeClassifier(ListOpsClassifier):
             raise ValueError(f"entropy_weight must be ≥ 0, got {entropy_weight!r}")
         if not float(target_rate) >= 0:
             raise ValueError(f"target_rate must be ≥ 0, got {target_rate!r}")
+        if not float(max_entropy_weight) >= float(entropy_weight):
+            raise ValueError(
+                f"max_entropy_weight must be ≥ entropy_weight ({entropy_weight!r}), "
+                f"got {max_entropy_weight!r}"
+            )
         if parser_lr is not None and not float(parser_lr) > 0:
             raise ValueError(f"parser_lr must be > 0 or None, got {parser_lr!r}")
         if (
@@ -1147,6 +1158,7 @@ class LatentTreeClassifier(ListOpsClassifier):
         self.multiroot = bool(multiroot)
         self.target_entropy = None if target_entropy is None else float(target_entropy)
         self.target_rate = float(target_rate)
+        self.max_entropy_weight = float(max_entropy_weight)
         self.parser_lr = None if parser_lr is None else float(parser_lr)
         self.parser_warmup_steps = parser_warmup_steps
         # λ is state when it is adapted (it then reaches checkpoints, for exact resume).
@@ -1213,7 +1225,7 @@ class LatentTreeClassifier(ListOpsClassifier):
         if self.target_entropy is not None and self._entropy is not None:
             gap = self.target_entropy - float(self._entropy)
             weight = float(self.entropy_weight) + self.target_rate * gap
-            self.entropy_weight.fill_(min(max(weight, 0.0), 100.0))
+            self.entropy_weight.fill_(min(max(weight, 0.0), self.max_entropy_weight))
         super().on_train_batch_end(outputs, batch, batch_idx)
 
     # ----------------------------------------------------------- the composer
