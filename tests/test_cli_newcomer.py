@@ -10,24 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from tests.models.cases import quiet_trainer_args, synthetic_args
-from tests.test_cli import TINY_VAE
-from zoo.cli import ZooCLI, main
+from tests.models.cases import quiet_trainer_args
+from tests.test_cli_reliability import TINY_TAGGER, VAE, enter_tmp, one_line_error
+from zoo.cli import ZooCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGGER = ROOT / "configs" / "tagger" / "hmm.yaml"
 LISTOPS = ROOT / "configs" / "listops" / "dependency.yaml"
-TINY_TAGGER_DATA = {
-    "class_path": "zoo.data.SyntheticHMMDataModule",
-    "init_args": {"num_states": 4, "num_train": 32, "num_val": 16, "num_test": 16, "batch_size": 16},
-}
-TAGGER_ARGS = [
-    "--config", "tagger.yaml", "--model.num_tags=4", "--model.gold_tags=[states]",
-    "--model.embedding_dim=8", "--model.hidden_size=8", *quiet_trainer_args(),
-]  # fmt: skip
-VAE = ["--model.estimator=GumbelSoftmax", *TINY_VAE, *synthetic_args(), *quiet_trainer_args()]
+TAGGER_ARGS = TINY_TAGGER
 LISTOPS_ARGS = [
     "--config", str(LISTOPS), "--data.num_train=8", "--data.num_val=8", "--data.batch_size=4",
     "--model.embedding_dim=8", "--model.hidden_dim=8", "--model.score_dim=8", *quiet_trainer_args(),
@@ -36,23 +27,7 @@ LISTOPS_ARGS = [
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["train.py"])  # pytest's own arguments are not the CLI's
-    config = {**yaml.safe_load(TAGGER.read_text()), "data": TINY_TAGGER_DATA}
-    (tmp_path / "tagger.yaml").write_text(yaml.safe_dump(config))
-    monkeypatch.delenv("ZOO_TRACEBACK", raising=False)
-    return tmp_path
-
-
-def one_line_error(capsys, args: list[str]) -> str:
-    """The error ``train.py`` prints for ``args``: exit status 2, the message first, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert err[0].startswith("error: ") and "Traceback" not in "\n".join(err), err
-    assert len(err) == 2 and "ZOO_TRACEBACK=1" in err[1], err  # the message, then the hint
-    return err[0]
+    return enter_tmp(tmp_path, monkeypatch)
 
 
 # -------------------------------------------------------------- bad values: one line each

@@ -72,6 +72,11 @@ VAE = ["--model.estimator=GumbelSoftmax", *TINY_VAE, *synthetic_args(), *quiet_t
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch) -> Path:
+    return enter_tmp(tmp_path, monkeypatch)
+
+
+def enter_tmp(tmp_path: Path, monkeypatch) -> Path:
+    """Run in ``tmp_path``, with a tiny tagger config there and no traceback switch set."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["train.py"])  # pytest's own arguments are not the CLI's
     config = {**yaml.safe_load(TAGGER.read_text()), "data": TINY_DATA}
@@ -81,12 +86,13 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
 
 
 def one_line_error(capsys, args: list[str]) -> str:
-    """The error ``train.py`` prints for ``args``: exit status 2 and the message first."""
+    """The error ``train.py`` prints for ``args``: exit status 2, the message first, no traceback."""
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err[0].startswith("error: ") and "Traceback" not in "\n".join(err), err
+    assert "ZOO_TRACEBACK=1" in err[-1], err  # the message, then the hint
     return err[0]
 
 
