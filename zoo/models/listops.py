@@ -1077,6 +1077,10 @@ class LatentTreeClassifier(ListOpsClassifier):
             below the target, λ grows by ``target_rate`` × the gap at every step; a cap
             keeps it from winding up (λ = 4 after 400 steps near H = 0 kicked a parser out
             of its trees: docs/listops.md).
+        score_cap: None, or c > 0: every arc or span score s becomes c · tanh(s / c), within
+            (−c, c). Unbounded, the scores of a parser that has committed to its trees grow
+            until the entropy and its gradient, computed in float32, are garbage (H/N of
+            6–48 nats, gradient norms of 10⁵: docs/listops.md).
         parser_lr: the parser's learning rate; None: ``lr``.
         parser_warmup_steps: training steps during which the parser is frozen.
         lr: learning rate of Adam (the composer's, and the parser's without ``parser_lr``).
@@ -1112,6 +1116,7 @@ class LatentTreeClassifier(ListOpsClassifier):
         target_entropy: float | None = None,
         target_rate: float = 0.05,
         max_entropy_weight: float = 100.0,
+        score_cap: float | None = None,
         parser_lr: float | None = None,
         parser_warmup_steps: int = 0,
         lr: float = 1e-3,
@@ -1132,6 +1137,8 @@ class LatentTreeClassifier(ListOpsClassifier):
                 f"max_entropy_weight must be ≥ entropy_weight ({entropy_weight!r}), "
                 f"got {max_entropy_weight!r}"
             )
+        if score_cap is not None and not float(score_cap) > 0:
+            raise ValueError(f"score_cap must be > 0 or None, got {score_cap!r}")
         if parser_lr is not None and not float(parser_lr) > 0:
             raise ValueError(f"parser_lr must be > 0 or None, got {parser_lr!r}")
         if (
@@ -1159,6 +1166,7 @@ class LatentTreeClassifier(ListOpsClassifier):
         self.target_entropy = None if target_entropy is None else float(target_entropy)
         self.target_rate = float(target_rate)
         self.max_entropy_weight = float(max_entropy_weight)
+        self.score_cap = None if score_cap is None else float(score_cap)
         self.parser_lr = None if parser_lr is None else float(parser_lr)
         self.parser_warmup_steps = parser_warmup_steps
         # λ is state when it is adapted (it then reaches checkpoints, for exact resume).
@@ -1206,6 +1214,8 @@ class LatentTreeClassifier(ListOpsClassifier):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.parser_frozen()):
             states, _ = self.encoder(batch["x"], batch["lengths"])
             scores = self.scorer(states)
+            if self.score_cap is not None:
+                scores = self.score_cap * torch.tanh(scores / self.score_cap)
         lengths = batch["lengths"]
         if self.structure_name == "binary":
             return TreeCRF(scores, lengths=lengths, validate_args=False)
