@@ -186,15 +186,15 @@ class LearnedBaseline(Baseline):
     def forward(self, q: Structure, cost: Tensor, extra_cost: Tensor | None) -> Tensor:
         theta = q.log_potentials.detach()
         features = theta.reshape(*q.batch_shape, -1)  # (*batch, parts)
-        if q.lengths is not None:  # no in_features fits: the batch's longest decides
-            raise BaselineSizeError(
-                f"LearnedBaseline(in_features={self.in_features}) cannot apply: these events "
-                f"vary in size with the input (lengths; {features.shape[-1]} parts in this "
-                f"batch, event shape {tuple(q.event_shape)}), and a regression on a fixed "
-                "number of parts cannot read them: use LeaveOneOutBaseline, GreedyBaseline "
-                "or MovingAverageBaseline"
-            )
         if features.shape[-1] != self.in_features or self.net is None:
+            if q.lengths is not None:  # no in_features fits: the batch's longest decides
+                raise BaselineSizeError(
+                    f"LearnedBaseline(in_features={self.in_features}) cannot apply: these "
+                    f"events vary in size with the input (lengths; {features.shape[-1]} parts "
+                    f"in this batch, event shape {tuple(q.event_shape)}), and a regression on "
+                    "a fixed number of parts cannot read them: use LeaveOneOutBaseline, "
+                    "GreedyBaseline or MovingAverageBaseline"
+                )
             raise BaselineSizeError(
                 f"LearnedBaseline(in_features={self.in_features}) got events with "
                 f"{features.shape[-1]} parts (event shape {tuple(q.event_shape)}): set "
