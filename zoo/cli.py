@@ -375,11 +375,7 @@ class ZooCLI(LightningCLI):
     def before_validate(self) -> None:
         self._stop_at_once_on_sigterm()
 
-    def before_test(self) -> None:
-        self._stop_at_once_on_sigterm()
-
-    def before_predict(self) -> None:
-        self._stop_at_once_on_sigterm()
+    before_test = before_predict = before_validate
 
     def after_validate(self) -> None:
         signal.signal(signal.SIGTERM, self._sigterm_before)

@@ -1073,10 +1073,9 @@ class LatentTreeClassifier(ListOpsClassifier):
         entropy_weight: λ ≥ 0 of the entropy bonus per token (the start value when adapted).
         target_entropy: None: λ fixed; else the entropy per token λ is adapted towards.
         target_rate: the step of λ's adaptation per unit of entropy gap (per token).
-        max_entropy_weight: the largest λ the adaptation reaches. While the entropy stays
-            below the target, λ grows by ``target_rate`` × the gap at every step; a cap
-            keeps it from winding up (λ = 4 after 400 steps near H = 0 kicked a parser out
-            of its trees: docs/listops.md).
+        max_entropy_weight: the largest λ the adaptation reaches (while the entropy stays
+            below the target, λ grows by ``target_rate`` × the gap at every step). A cap of
+            1 did not prevent the crash that ``score_cap`` prevents (docs/listops.md).
         score_cap: None, or c > 0: every arc or span score s becomes c · tanh(s / c), within
             (−c, c). Unbounded, the scores of a parser that has committed to its trees grow
             until the entropy and its gradient, computed in float32, are garbage (H/N of
